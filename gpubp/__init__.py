@@ -1,0 +1,18 @@
+"""gpubp: the classic sigmoid/softmax network, trained by explicit backpropagation on
+NumPy (CPU) or CuPy (NVIDIA GPU) with the same code."""
+
+from gpubp import datasets
+from gpubp.backend import Backend, get_backend, to_numpy
+from gpubp.errors import BackendError, DataError, DivergenceError, GpubpError, ModelFileError
+from gpubp.network import MLP
+from gpubp.optim import SGD
+from gpubp.schedules import ConstantLR, CosineLR, StepLR
+from gpubp.trainer import History, Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP", "SGD", "Trainer", "History", "ConstantLR", "StepLR", "CosineLR", "datasets",
+    "Backend", "get_backend", "to_numpy",
+    "GpubpError", "BackendError", "DataError", "ModelFileError", "DivergenceError",
+]

@@ -1,0 +1,172 @@
+"""The xp layer: one array module for the math, NumPy on CPU or CuPy on an NVIDIA GPU.
+
+The network's math is written once against ``backend.xp``. This module and the kernel
+loader are the only places that import cupy.
+
+A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"`` (CuPy when it imports
+and sees a CUDA device, else NumPy). ``None`` means the environment variable
+``GPUBP_BACKEND``, else ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+
+from gpubp.errors import BackendError
+
+log = logging.getLogger("gpubp")
+
+BACKEND_NAMES = ("auto", "numpy", "cupy")
+ENV_VAR = "GPUBP_BACKEND"
+
+
+class Backend:
+    """An array module (``xp``) with the few host/device moves the library needs."""
+
+    def __init__(self, name: str, xp, device_name: str):
+        self.name = name
+        self.xp = xp
+        self.device_name = device_name
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def asarray(self, a, dtype=None):
+        """``a`` as an array of this backend (a copy only where needed)."""
+        if self.is_gpu:
+            return self.xp.asarray(a, dtype=dtype)
+        return np.asarray(to_numpy(a), dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on NumPy); use before reading a clock."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, device={self.device_name!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Backend) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def to_numpy(a) -> np.ndarray:
+    """A NumPy array of ``a``, copying from the device when ``a`` lives on a GPU."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)  # cupy.ndarray.get() copies device -> host
+    if get is not None and type(a).__module__.startswith("cupy"):
+        return get()
+    return np.asarray(a)
+
+
+def array_module(a):
+    """The array module ``a`` lives on: cupy for a cupy array, else numpy."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Resolve a backend name (see the module docstring) to a :class:`Backend`.
+
+    Raises:
+        ValueError: ``name`` is not one of ``"auto"``, ``"numpy"``, ``"cupy"``.
+        BackendError: ``"cupy"`` was asked for and cannot work here; the message says why.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = os.environ.get(ENV_VAR) or "auto"
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {name!r}")
+    return _resolve(name.lower())
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str) -> Backend:
+    if name == "numpy":
+        return _numpy_backend()
+    if name == "cupy":
+        return _cupy_backend()
+    try:
+        backend = _cupy_backend()
+        log.info("gpubp: backend auto -> cupy on %s", backend.device_name)
+    except BackendError as why:
+        backend = _numpy_backend()
+        log.info("gpubp: backend auto -> numpy (%s)", why)
+    return backend
+
+
+def _numpy_backend() -> Backend:
+    return Backend("numpy", np, "cpu")
+
+
+def _cupy_backend() -> Backend:
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendError(
+            "backend 'cupy': CuPy is not installed "
+            "(pip install 'gpubp[cuda12]' or 'gpubp[cuda13]')"
+        ) from e
+    except Exception as e:  # a broken install: missing CUDA libraries and the like
+        raise BackendError(f"backend 'cupy': CuPy failed to import: {e}") from e
+
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as e:
+        raise BackendError(f"backend 'cupy': {_explain_cuda_failure(runtime, e)}") from e
+    if count < 1:
+        raise BackendError("backend 'cupy': no CUDA device is visible")
+    props = runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    return Backend("cupy", cupy, name.decode() if isinstance(name, bytes) else str(name))
+
+
+def _explain_cuda_failure(runtime, error: Exception) -> str:
+    """Turn a CUDA runtime failure into 'no driver', 'driver too old' or 'no device'."""
+    try:
+        driver = runtime.driverGetVersion()
+    except Exception:
+        driver = 0
+    try:
+        needed = runtime.runtimeGetVersion()
+    except Exception:
+        needed = 0
+    if driver == 0:
+        return f"no NVIDIA driver found ({error})"
+    if needed and driver < needed:
+        return (
+            f"the NVIDIA driver is too old: it supports CUDA {_cuda_version(driver)}, "
+            f"CuPy needs CUDA {_cuda_version(needed)} ({error})"
+        )
+    return f"no usable CUDA device ({error})"
+
+
+def cuda_versions() -> dict:
+    """{"cupy", "cuda_runtime", "cuda_driver"} versions as strings; None where unavailable."""
+    found = {"cupy": None, "cuda_runtime": None, "cuda_driver": None}
+    try:
+        import cupy
+
+        found["cupy"] = cupy.__version__
+        found["cuda_runtime"] = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
+        found["cuda_driver"] = _cuda_version(cupy.cuda.runtime.driverGetVersion()) or None
+    except Exception:  # not installed, or no driver: what is unknown stays None
+        pass
+    return found
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}" if v else ""

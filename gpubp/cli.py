@@ -1,0 +1,177 @@
+"""The ``gpubp`` command: ``train``, ``eval`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+
+import numpy as np
+
+import gpubp
+from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
+from gpubp.datasets import load_dataset
+from gpubp.errors import GpubpError
+from gpubp.validation import DTYPES
+from gpubp.schedules import make_schedule
+
+# Defaults per dataset, chosen by the sweeps recorded in the README; flags override them.
+DEFAULTS = {
+    "digits": {"layers": [128], "epochs": 100, "batch_size": 16, "lr": 0.3, "weight_decay": 1e-4},
+    "mnist": {"layers": [800], "epochs": 60, "batch_size": 64, "lr": 0.1, "weight_decay": 2e-5},
+}
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except (GpubpError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpubp", description=gpubp.__doc__)
+    parser.add_argument("--version", action="version", version=f"gpubp {gpubp.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a network and report its test accuracy")
+    _add_data_arguments(train)
+    train.add_argument("--layers", type=_int_list, default=None,
+                       help="hidden layer sizes, comma-separated (default per dataset: "
+                            "digits 128, mnist 800)")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None, help="base learning rate")
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--schedule", choices=("constant", "step", "cosine"), default="cosine")
+    train.add_argument("--patience", type=int, default=None,
+                       help="early stopping patience in epochs (needs --validation)")
+    train.add_argument("--validation", type=float, default=None,
+                       help="fraction of the training rows held out for validation")
+    train.add_argument("--dtype", choices=DTYPES, default="float32")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save", metavar="PATH", help="write the trained model here")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved model on a dataset's test set")
+    evaluate.add_argument("model", help="a model file written by gpubp train --save")
+    _add_data_arguments(evaluate)
+    evaluate.set_defaults(run=_eval)
+
+    info = commands.add_parser("info", help="show the backend, device and library versions")
+    info.add_argument("--backend", choices=BACKEND_NAMES, default=None)
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits",
+                   help="digits (embedded), mnist, or a path to a .npz/.csv file")
+    p.add_argument("--data-dir", default=None, help="where to find/download MNIST")
+    p.add_argument("--backend", choices=BACKEND_NAMES, default=None,
+                   help="array backend (default: $GPUBP_BACKEND, else auto)")
+    p.add_argument("--json", action="store_true",
+                   help="print the final metrics as one JSON object on the last line")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _train(args) -> int:
+    defaults = DEFAULTS.get(args.dataset, DEFAULTS["digits"])
+    hidden = args.layers if args.layers is not None else defaults["layers"]
+    epochs = args.epochs if args.epochs is not None else defaults["epochs"]
+    batch_size = args.batch_size if args.batch_size is not None else defaults["batch_size"]
+    lr = args.lr if args.lr is not None else defaults["lr"]
+    weight_decay = args.weight_decay if args.weight_decay is not None else defaults["weight_decay"]
+
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    net = gpubp.MLP([data.n_features, *hidden, data.n_classes], backend=args.backend,
+                    dtype=args.dtype, seed=args.seed)
+    optimizer = gpubp.SGD(lr, momentum=args.momentum, nesterov=args.nesterov,
+                          weight_decay=weight_decay)
+
+    def report(r):
+        val = (f"  val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
+               if r["val_loss"] is not None else "")
+        print(f"epoch {r['epoch']:>3}/{epochs}  loss {r['train_loss']:.4f}{val}  "
+              f"lr {r['lr']:.4g}  {r['wall_time']:.2f}s  {r['samples_per_s']:,.0f} samples/s",
+              flush=True)
+
+    trainer = gpubp.Trainer(net, optimizer, batch_size=batch_size, epochs=epochs, seed=args.seed,
+                            schedule=make_schedule(args.schedule), patience=args.patience,
+                            progress=not args.quiet, on_epoch=None if args.quiet else report)
+    if not args.quiet:
+        print(f"gpubp: training {net} on {data}, {optimizer}, batch {batch_size}, "
+              f"{epochs} epochs", flush=True)
+    started = time.perf_counter()
+    history = trainer.fit(data.X_train, data.y_train, validation=args.validation)
+    train_time = time.perf_counter() - started
+    test = net.evaluate(data.X_test, data.y_test)
+    if args.save:
+        net.save(args.save)
+    print(f"test accuracy {100 * test['accuracy']:.2f}% (test loss {test['loss']:.4f}) after "
+          f"{len(history)} epochs in {train_time:.1f}s on {net.backend.name} "
+          f"({net.backend.device_name})" + (f"; saved to {args.save}" if args.save else ""))
+    if args.json:
+        print(json.dumps({
+            "dataset": data.name, "layer_sizes": list(net.layer_sizes), "backend": net.backend.name,
+            "device": net.backend.device_name, "dtype": net.dtype.name, "seed": args.seed,
+            "epochs": len(history), "batch_size": batch_size, "lr": lr,
+            "train_loss": history[-1]["train_loss"], "val_loss": history[-1]["val_loss"],
+            "val_accuracy": history[-1]["val_accuracy"], "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"], "train_time_s": train_time,
+            "samples_per_s": float(np.median(history["samples_per_s"])),
+            "stopped_early": history.stopped_early, "saved_to": args.save,
+        }))
+    return 0
+
+
+def _eval(args) -> int:
+    net = gpubp.MLP.load(args.model, backend=args.backend)
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    if data.n_features != net.layer_sizes[0] or data.n_classes > net.layer_sizes[-1]:
+        raise ValueError(f"--dataset: {data} does not fit the model's layer sizes "
+                         f"{net.layer_sizes}")
+    test = net.evaluate(data.X_test, data.y_test)
+    print(f"{args.model} on {data.name} test: accuracy {100 * test['accuracy']:.2f}%, "
+          f"loss {test['loss']:.4f} ({len(data.y_test)} rows)")
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": data.name, "rows": len(data.y_test),
+                          "test_loss": test["loss"], "test_accuracy": test["accuracy"]}))
+    return 0
+
+
+def _info(args) -> int:
+    backend = get_backend(args.backend)
+    facts = {
+        "gpubp": gpubp.__version__, "python": platform.python_version(),
+        "backend": backend.name, "device": backend.device_name, "numpy": np.__version__,
+        **cuda_versions(),
+    }
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        for key, value in facts.items():
+            print(f"{key:>13}: {value if value is not None else 'not available'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Feature scaling and the stratified train/validation split (NumPy, on the host)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpubp.backend import to_numpy
+
+
+class StandardScaler:
+    """x ← (x − mean) / std per feature, fitted on training data. Constant features get std 1."""
+
+    def fit(self, X) -> "StandardScaler":
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0)
+        std = X.std(axis=0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        return self
+
+    def transform(self, X, dtype=np.float32) -> np.ndarray:
+        return ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_).astype(dtype)
+
+    def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
+        return self.fit(X).transform(X, dtype)
+
+
+class MinMaxScaler:
+    """x ← (x − min) / (max − min) per feature, into [0, 1] on the training data."""
+
+    def fit(self, X) -> "MinMaxScaler":
+        X = np.asarray(X, dtype=np.float64)
+        self.min_ = X.min(axis=0)
+        span = X.max(axis=0) - self.min_
+        self.scale_ = np.where(span > 0, span, 1.0)
+        return self
+
+    def transform(self, X, dtype=np.float32) -> np.ndarray:
+        return ((np.asarray(X, dtype=np.float64) - self.min_) / self.scale_).astype(dtype)
+
+    def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
+        return self.fit(X).transform(X, dtype)
+
+
+def stratified_indices(labels, fraction: float, rng: np.random.Generator):
+    """Split row indices so that each class sends ``fraction`` of its rows to the second part.
+
+    labels: (N,) integer classes. Returns (first, second), sorted index arrays. A class
+    with at least two rows keeps at least one on each side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: must be in (0, 1), got {fraction}")
+    labels = to_numpy(labels)
+    second = []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(rows)))
+        if len(rows) >= 2:
+            k = min(max(k, 1), len(rows) - 1)
+        second.append(rows[:k])
+    second = np.sort(np.concatenate(second))
+    first = np.setdiff1d(np.arange(len(labels)), second, assume_unique=True)
+    if len(first) == 0 or len(second) == 0:
+        raise ValueError(f"fraction: {fraction} leaves one side of the split empty "
+                         f"for {len(labels)} rows")
+    return first, second
+
+
+def stratified_split(X, y, fraction: float, seed=None):
+    """(X_a, y_a, X_b, y_b) with ``fraction`` of each class of ``y`` in the b part.
+
+    y: labels (N,) or target rows (N, C) (stratified by their argmax).
+    """
+    labels = to_numpy(y)
+    if labels.ndim == 2:
+        labels = labels.argmax(axis=1)
+    first, second = stratified_indices(labels, fraction, np.random.default_rng(seed))
+    return X[first], y[first], X[second], y[second]

@@ -1,0 +1,135 @@
+"""Saving and loading networks as safetensors files: raw arrays and a JSON header, no pickle.
+
+Tensors are named ``W1, b1, ..., WL, bL``; the metadata holds the format name, its
+version, the layer sizes and the dtype. Writes go to a temporary file in the same
+directory, are flushed to disk, then renamed over the target, so a reader sees either
+the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_save
+
+from gpubp.backend import to_numpy
+from gpubp.errors import ModelFileError
+from gpubp.validation import check_dtype, check_layer_sizes
+
+FORMAT = "gpubp.mlp"
+VERSION = "1"
+
+
+def save_mlp(net, path) -> None:
+    """Write ``net`` to ``path`` atomically."""
+    tensors = {}
+    for l, (W, b) in enumerate(zip(net.weights, net.biases), start=1):
+        tensors[f"W{l}"] = np.ascontiguousarray(to_numpy(W))
+        tensors[f"b{l}"] = np.ascontiguousarray(to_numpy(b))
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "layer_sizes": json.dumps(list(net.layer_sizes)),
+        "dtype": net.dtype.name,
+    }
+    write_atomic(Path(path), safetensors_save(tensors, metadata=metadata))
+
+
+def load_mlp(path, *, backend="auto"):
+    """Read a network written by :func:`save_mlp` onto ``backend``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ModelFileError: the file is truncated, corrupt, or not a gpubp model.
+    """
+    from gpubp.network import MLP
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        header, tensors = _read_header(data), safetensors_load(data)
+    except (SafetensorError, ValueError, OverflowError) as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from e
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict):
+        metadata = {}
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a gpubp model (format {metadata.get('format')!r})")
+    if metadata.get("version") != VERSION:
+        raise ModelFileError(f"{path}: unsupported gpubp model version {metadata.get('version')!r}")
+    try:
+        sizes = check_layer_sizes(json.loads(metadata["layer_sizes"]))
+        dtype = check_dtype(metadata["dtype"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: bad model metadata ({e})") from e
+
+    # Check the tensors against the metadata before allocating anything it claims.
+    expected = {}
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        expected[f"W{l}"], expected[f"b{l}"] = (n_out, n_in), (n_out,)
+    if set(tensors) != set(expected):
+        raise ModelFileError(
+            f"{path}: tensors {sorted(tensors)} do not match layer sizes {list(sizes)}"
+        )
+    for name, shape in expected.items():
+        t = tensors[name]
+        if t.shape != shape or t.dtype != dtype:
+            raise ModelFileError(
+                f"{path}: tensor {name} is {t.dtype}{list(t.shape)}, expected {dtype}{list(shape)}"
+            )
+        if not np.isfinite(t).all():
+            raise ModelFileError(f"{path}: tensor {name} holds NaN or Inf")
+
+    net = MLP(sizes, backend=backend, dtype=dtype, seed=0)
+    for p, name in zip(net.parameters(), expected):
+        p[...] = net.backend.asarray(tensors[name])
+    return net
+
+
+def _read_header(data: bytes) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    if len(data) < 8:
+        raise ValueError("file is shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header claims {n} bytes, the file has {len(data) - 8} after it")
+    header = json.loads(data[8:8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,155 @@
+"""Checks on user input. Each raises ValueError/TypeError naming the argument, before any
+state changes, and returns the input converted for the backend."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from gpubp.backend import Backend, array_module
+
+DTYPES = ("float32", "float64")
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int ≥ ``minimum``; bools and non-integers are a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(value, name: str, minimum: float = 0.0, *, strict: bool = False,
+                below: float | None = None) -> float:
+    """``value`` as a finite float ≥ ``minimum`` (> if ``strict``), < ``below`` if given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name}: must be {'>' if strict else '>='} {minimum}, got {value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name}: must be < {below}, got {value}")
+    return value
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The network dtype: float32 or float64."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: expected one of {DTYPES}, got {dtype!r}") from e
+    if resolved.name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {resolved.name!r}")
+    return resolved
+
+
+def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
+    """Layer widths (n_in, hidden..., n_classes): at least two, each an int ≥ 1."""
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__iter__"):
+        raise TypeError(f"layer_sizes: expected a sequence of integers, got {layer_sizes!r}")
+    sizes = tuple(layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(
+            f"layer_sizes: need at least an input and an output size, got {list(sizes)}"
+        )
+    return tuple(check_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
+
+
+def _as_array(a, name: str):
+    if type(a).__module__.startswith("cupy") or isinstance(a, np.ndarray):
+        return a
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name}: cannot be read as an array ({e})") from e
+
+
+def _check_real_dtype(a, name: str) -> None:
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {a.dtype}")
+
+
+def check_features(X, n_features: int, backend: Backend, dtype, name: str = "X"):
+    """``X`` as a finite (B, n_features) array of ``dtype`` on ``backend``, B ≥ 1."""
+    X = _as_array(X, name)
+    _check_real_dtype(X, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (batch, features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name}: is empty (0 rows)")
+    if X.shape[1] != n_features:
+        raise ValueError(
+            f"{name}: has {X.shape[1]} features per row, the network takes {n_features}"
+        )
+    X = backend.asarray(X, dtype=dtype)
+    _check_finite(X, name)
+    return X
+
+
+def check_targets(y, n_rows: int, n_classes: int, backend: Backend, dtype, name: str = "y"):
+    """``y`` as int64 labels (B,) or ``dtype`` target rows (B, C) on ``backend``.
+
+    Labels must be integers (an integer dtype, or floats with integral values) in
+    [0, n_classes). Target rows must be finite, non-negative and each sum to 1.
+    """
+    y = _as_array(y, name)
+    _check_real_dtype(y, name)
+    if y.ndim not in (1, 2):
+        raise ValueError(
+            f"{name}: expected labels (B,) or target rows (B, C), got shape {y.shape}"
+        )
+    if y.shape[0] != n_rows:
+        raise ValueError(f"{name}: has {y.shape[0]} rows, X has {n_rows}")
+    if n_rows == 0:
+        raise ValueError(f"{name}: is empty (0 rows)")
+    return (_check_labels if y.ndim == 1 else _check_rows)(y, n_classes, backend, dtype, name)
+
+
+def _check_labels(y, n_classes, backend, dtype, name):
+    xp = array_module(y)
+    if y.dtype.kind == "f":
+        _check_finite(y, name)
+        if not bool((y == xp.floor(y)).all()):
+            raise ValueError(f"{name}: class labels must be integers, got non-integer values")
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise ValueError(f"{name}: class labels must be >= 0, got {low}")
+    if high >= n_classes:
+        raise ValueError(
+            f"{name}: class label {high} is out of range for {n_classes} classes "
+            f"(labels run 0..{n_classes - 1})"
+        )
+    return backend.asarray(y, dtype=np.int64)
+
+
+def _check_rows(y, n_classes, backend, dtype, name):
+    xp = array_module(y)
+    if y.shape[1] != n_classes:
+        raise ValueError(f"{name}: has {y.shape[1]} columns, the network has {n_classes} classes")
+    _check_finite(y, name)
+    if bool((y < 0).any()):
+        raise ValueError(f"{name}: target rows must be non-negative")
+    sums = y.astype(np.float64).sum(axis=1)
+    eps = np.finfo(y.dtype).eps if y.dtype.kind == "f" else 0.0
+    tolerance = 1e-6 + 4 * n_classes * eps
+    worst = int(xp.argmax(xp.abs(sums - 1)))
+    if abs(float(sums[worst]) - 1) > tolerance:
+        raise ValueError(
+            f"{name}: each target row must sum to 1; row {worst} sums to {float(sums[worst]):.6g}"
+        )
+    return backend.asarray(y, dtype=dtype)
+
+
+def _check_finite(a, name: str) -> None:
+    if a.dtype.kind != "f":
+        return
+    xp = array_module(a)
+    finite = xp.isfinite(a)
+    if not bool(finite.all()):
+        bad = int(xp.argmin(finite.reshape(-1).astype(np.int8)))
+        where = np.unravel_index(bad, a.shape)
+        raise ValueError(f"{name}: contains NaN or Inf (first at index {tuple(map(int, where))})")

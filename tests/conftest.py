@@ -1,0 +1,47 @@
+"""Shared fixtures: backends to test on, the real MNIST folder, and small random nets."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubp.backend import get_backend
+from gpubp.errors import BackendError
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def cupy_available() -> bool:
+    try:
+        get_backend("cupy")
+    except BackendError:
+        return False
+    return True
+
+
+HAVE_GPU = cupy_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def mnist_dir():
+    """The real MNIST files, where this checkout sits beside the shared data."""
+    import os
+
+    path = Path(os.environ.get("GPUBP_TEST_MNIST", MNIST_DIR))
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found at {path}")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,257 @@
+"""Datasets: IDX files, the embedded digits, MNIST lookup/download/verification, user files."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubp.datasets import (
+    MinMaxScaler, StandardScaler, load_dataset, load_digits, load_file, load_mnist, parse_idx,
+    read_idx, write_idx,
+)
+from gpubp.datasets import mnist
+from gpubp.errors import DataError
+
+
+# ---- IDX -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "i2", "i4", "f4", "f8"])
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_idx_round_trip(tmp_path, dtype, compress, rng):
+    array = (rng.normal(size=(3, 4, 5)) * 50).astype(dtype)
+    data = write_idx(array)
+    path = tmp_path / "a.idx"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    out = read_idx(path)
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative and out.flags.writeable
+    np.testing.assert_array_equal(out, array)
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "not an IDX file"),
+    (b"\x01\x00\x08\x01\0\0\0\x01x", "not an IDX file"),
+    (b"\0\0\x07\x01\0\0\0\x01x", "unknown IDX element type 0x07"),
+    (b"\0\0\x08\x00", "declares 0 dimensions"),
+    (b"\0\0\x08\x02\0\0\0\x02", "truncated IDX header"),
+    (b"\0\0\x08\x01\0\0\0\x05abc", "truncated: header claims shape (5,)"),
+    (b"\0\0\x08\x01\0\0\0\x02abc", "has trailing bytes"),
+])
+def test_idx_rejects_malformed_data(data, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_idx(data)
+
+
+def test_idx_false_size_claim_allocates_nothing(tmp_path):
+    """A header claiming ~10^12 images of 28×28 fails on the bytes actually present."""
+    header = b"\0\0\x08\x03" + np.array([10**9 * 4, 28, 28], dtype=">u4").tobytes()
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(header + b"\0" * 100))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_idx_corrupt_gzip_is_a_data_error(tmp_path):
+    good = gzip.compress(write_idx(np.arange(1000, dtype=np.uint8)))
+    path = tmp_path / "bad.gz"
+    path.write_bytes(good[:len(good) // 2])
+    with pytest.raises(DataError, match="corrupt gzip data"):
+        read_idx(path)
+
+
+# ---- digits --------------------------------------------------------------------------
+
+def test_digits_are_embedded_and_split_stratified():
+    data = load_digits()
+    assert data.X_train.shape == (1438, 64) and data.X_test.shape == (359, 64)
+    assert data.X_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert 0.0 <= data.X_train.min() and data.X_train.max() <= 1.0
+    assert data.n_classes == 10 and data.n_features == 64
+    counts = np.bincount(data.y_test, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 37
+    again = load_digits()
+    np.testing.assert_array_equal(data.X_test, again.X_test)
+    other = load_digits(split_seed=5)
+    assert not np.array_equal(data.y_test, other.y_test)
+
+
+# ---- MNIST: local files --------------------------------------------------------------
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No $GPUBP_DATA, no mirrors from the environment, an empty cache under tmp_path."""
+    monkeypatch.delenv(mnist.DATA_ENV, raising=False)
+    monkeypatch.delenv(mnist.MIRRORS_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_load_real_mnist(mnist_dir, isolated_env):
+    data = load_mnist(mnist_dir, download=False)
+    assert data.X_train.shape == (60000, 784) and data.X_test.shape == (10000, 784)
+    assert data.X_train.dtype == np.float32 and 0 <= data.X_train.min() < data.X_train.max() <= 1
+    assert np.bincount(data.y_train).tolist()[:3] == [5923, 6742, 5958]
+    assert data.y_test[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_mnist_found_through_environment_and_raw_files(mnist_dir, isolated_env, monkeypatch):
+    folder = isolated_env / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for name in (mnist.TRAIN_IMAGES, mnist.TRAIN_LABELS, mnist.TEST_IMAGES, mnist.TEST_LABELS):
+        (folder / name).write_bytes(gzip.decompress((mnist_dir / f"{name}.gz").read_bytes()))
+    monkeypatch.setenv(mnist.DATA_ENV, str(isolated_env / "data"))
+    data = load_mnist(download=False)
+    assert data.X_test.shape == (10000, 784)
+
+
+def test_mnist_file_with_wrong_checksum_is_never_used(mnist_dir, isolated_env):
+    folder = isolated_env / "mnist"
+    folder.mkdir()
+    for name in os.listdir(mnist_dir):
+        if name.endswith(".gz"):
+            (folder / name).write_bytes((mnist_dir / name).read_bytes())
+    labels = folder / f"{mnist.TEST_LABELS}.gz"
+    corrupt = bytearray(labels.read_bytes())
+    corrupt[100] ^= 1
+    labels.write_bytes(bytes(corrupt))
+    with pytest.raises(DataError, match="does not match the published"):
+        load_mnist(folder, download=True, mirrors=["http://127.0.0.1:9/never-asked"])
+
+
+def test_missing_mnist_without_download_is_a_clear_error(isolated_env):
+    with pytest.raises(DataError, match="not found .* download=False"):
+        load_mnist(isolated_env / "empty", download=False)
+
+
+# ---- MNIST: download from a loopback server ------------------------------------------
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """serve(folder) -> base URL of an HTTP server on 127.0.0.1 serving that folder."""
+    servers = []
+
+    def start(folder):
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_file_verifies_and_falls_back_across_mirrors(tmp_path, serve):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    payload = gzip.compress(write_idx(np.arange(100, dtype=np.uint8)))
+    (good / "x.gz").write_bytes(payload)
+    (bad / "x.gz").write_bytes(payload[:-1] + b"!")  # served, but the wrong bytes
+    digest = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "dest"
+    mirrors = [serve(tmp_path / "missing"), serve(bad), serve(good)]
+    path = mnist.fetch_file("x.gz", digest, dest, mirrors)
+    assert path == dest / "x.gz" and path.read_bytes() == payload
+    assert sorted(p.name for p in dest.iterdir()) == ["x.gz"]  # no partial files left
+
+
+def test_fetch_file_failing_everywhere_names_each_mirror(tmp_path, serve):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.gz").write_bytes(b"not it")
+    mirrors = [serve(tmp_path / "bad"), "http://127.0.0.1:9/"]
+    with pytest.raises(DataError) as info:
+        mnist.fetch_file("x.gz", "0" * 64, tmp_path / "dest", mirrors)
+    message = str(info.value)
+    assert "sha256" in message and "127.0.0.1:9" in message
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_load_mnist_downloads_into_the_cache(mnist_dir, isolated_env, serve, monkeypatch):
+    monkeypatch.setenv(mnist.MIRRORS_ENV, f"http://127.0.0.1:9/, {serve(mnist_dir)}")
+    data = load_mnist()
+    assert data.X_train.shape == (60000, 784)
+    cache = isolated_env / "cache" / "gpubp" / "mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(n for n in mnist.SHA256 if n.endswith(".gz"))
+    # Second time, from the cache, with no server at all.
+    monkeypatch.setenv(mnist.MIRRORS_ENV, "http://127.0.0.1:9/")
+    np.testing.assert_array_equal(load_mnist().y_test, data.y_test)
+
+
+# ---- user files ----------------------------------------------------------------------
+
+def test_npz_and_csv_files(tmp_path, rng):
+    X = rng.normal(size=(40, 3))
+    y = np.repeat([3, 7], 20)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    data = load_file(tmp_path / "d.npz", test_fraction=0.25)
+    assert data.X_train.shape == (30, 3) and data.X_test.shape == (10, 3)
+    assert data.classes.tolist() == [3, 7] and set(data.y_test.tolist()) == {0, 1}
+
+    lines = ["a,label,b,c"] + [f"{r[0]},{lab},{r[1]},{r[2]}" for r, lab in zip(X, y)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    csv_data = load_dataset(str(tmp_path / "d.csv"))
+    assert csv_data.n_features == 3 and csv_data.classes.tolist() == [3, 7]
+    both = np.concatenate([csv_data.X_train, csv_data.X_test])
+    np.testing.assert_allclose(np.sort(both[:, 0]), np.sort(X[:, 0]).astype(np.float32))
+
+
+def test_npz_with_its_own_split(tmp_path, rng):
+    np.savez(tmp_path / "s.npz", X_train=rng.normal(size=(8, 2)), y_train=np.arange(8) % 2,
+             X_test=rng.normal(size=(4, 2)), y_test=np.arange(4) % 2)
+    data = load_file(tmp_path / "s.npz")
+    assert data.X_train.shape == (8, 2) and data.X_test.shape == (4, 2)
+
+
+def test_string_labels_in_csv(tmp_path):
+    (tmp_path / "s.csv").write_text("x,label\n1,cat\n2,dog\n3,cat\n4,dog\n5,cat\n6,dog\n")
+    data = load_file(tmp_path / "s.csv", test_fraction=0.34)
+    assert data.classes.tolist() == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "empty CSV file"),
+    ("x,y\n1,2\n", "no label column 'label'"),
+    ("x,label\n1,0\n2\n", ":3: 1 fields, header has 2"),
+    ("x,label\nabc,0\n", "non-numeric feature value"),
+])
+def test_bad_csv_is_a_data_error(tmp_path, content, message):
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_file(tmp_path / "bad.csv")
+
+
+def test_bad_npz_is_a_data_error(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_file(tmp_path / "junk.npz")
+    np.savez(tmp_path / "obj.npz", X=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    with pytest.raises(DataError, match="not a readable .npz"):  # pickled objects refused
+        load_file(tmp_path / "obj.npz")
+    np.savez(tmp_path / "short.npz", X=np.zeros((3, 2)), y=np.zeros(2))
+    with pytest.raises(DataError, match="one label per row"):
+        load_file(tmp_path / "short.npz")
+    with pytest.raises(ValueError, match="dataset: expected 'digits', 'mnist' or a .npz/.csv"):
+        load_dataset("nope.txt")
+
+
+def test_scalers(rng):
+    X = rng.normal(loc=5, scale=3, size=(100, 4))
+    X[:, 2] = 7.0  # a constant feature
+    Z = StandardScaler().fit_transform(X)
+    np.testing.assert_allclose(Z[:, [0, 1, 3]].mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(Z[:, [0, 1, 3]].std(axis=0), 1, rtol=1e-5)
+    assert (Z[:, 2] == 0).all() and Z.dtype == np.float32
+    M = MinMaxScaler().fit_transform(X)
+    assert M.min() == 0.0 and M[:, [0, 1, 3]].max(axis=0).tolist() == [1.0, 1.0, 1.0]
