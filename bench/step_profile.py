@@ -40,7 +40,7 @@ def enqueue_time(fn, sync, n=100) -> float:
 
 def profile(backend, batch, sizes=(784, 800, 10)) -> dict:
     net = gpubp.MLP(sizes, backend=backend, seed=0)
-    xp, sync = net.backend.xp, net.backend.synchronize
+    sync = net.backend.synchronize
     rng = np.random.default_rng(0)
     X = net.backend.asarray(rng.random((batch, sizes[0]), dtype=np.float32))
     y = net.backend.asarray(rng.integers(0, sizes[-1], batch))
@@ -67,7 +67,6 @@ def profile(backend, batch, sizes=(784, 800, 10)) -> dict:
     for name, fn in phases.items():
         result[f"{name}_ms"] = 1e3 * per_call(fn, sync)
     result["step_enqueue_ms"] = 1e3 * enqueue_time(step, sync)
-    del xp
     return result
 
 

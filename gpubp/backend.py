@@ -1,11 +1,11 @@
 """The xp layer: one array module for the math, NumPy on CPU or CuPy on an NVIDIA GPU.
 
-The network's math is written once against ``backend.xp``. This module and the kernel
-loader are the only places that import cupy.
+The network's math is written once against ``backend.xp``. This module is the only one
+that imports cupy (the CUDA kernel loader, when it comes, will be the other).
 
-A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"`` (CuPy when it imports
-and sees a CUDA device, else NumPy). ``None`` means the environment variable
-``GPUBP_BACKEND``, else ``"auto"``.
+A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"``. ``"auto"`` (the
+default) and ``None`` take the environment variable ``GPUBP_BACKEND`` when it is set;
+otherwise CuPy when it imports and sees a CUDA device, else NumPy.
 """
 
 from __future__ import annotations
@@ -57,19 +57,23 @@ class Backend:
         return hash(self.name)
 
 
+def is_device_array(a) -> bool:
+    """Whether ``a`` is a CuPy array (checked without importing cupy)."""
+    return type(a).__module__.startswith("cupy")
+
+
 def to_numpy(a) -> np.ndarray:
     """A NumPy array of ``a``, copying from the device when ``a`` lives on a GPU."""
     if isinstance(a, np.ndarray):
         return a
-    get = getattr(a, "get", None)  # cupy.ndarray.get() copies device -> host
-    if get is not None and type(a).__module__.startswith("cupy"):
-        return get()
+    if is_device_array(a):
+        return a.get()  # device -> host copy
     return np.asarray(a)
 
 
 def array_module(a):
     """The array module ``a`` lives on: cupy for a cupy array, else numpy."""
-    if type(a).__module__.startswith("cupy"):
+    if is_device_array(a):
         import cupy
 
         return cupy
@@ -85,7 +89,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """
     if isinstance(name, Backend):
         return name
-    if name is None:
+    if name is None or name == "auto":
         name = os.environ.get(ENV_VAR) or "auto"
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
         raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {name!r}")

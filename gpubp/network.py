@@ -51,18 +51,13 @@ class MLP:
 
     def forward(self, X):
         """Class probabilities P = softmax(z^L). X: (B, n_in) -> (B, C), backend array."""
-        return ops.softmax(self._logits(self.prepare_features(X)))
+        return ops.softmax(self._logits_in_chunks(self.prepare_features(X)))
 
     predict_proba = forward
 
     def predict(self, X):
         """Predicted class labels. X: (B, n_in) -> (B,) int64, backend array."""
-        X = self.prepare_features(X)
-        xp = self.backend.xp
-        return xp.concatenate([
-            self._logits(X[i:i + EVAL_CHUNK]).argmax(axis=1)
-            for i in range(0, X.shape[0], EVAL_CHUNK)
-        ])
+        return self._logits_in_chunks(self.prepare_features(X)).argmax(axis=1)
 
     def evaluate(self, X, y) -> dict:
         """Mean cross-entropy and accuracy on (X, y), in chunks to bound memory.
@@ -179,4 +174,9 @@ class MLP:
 
     def _logits(self, X):
         return self._forward(X)[1]
+
+    def _logits_in_chunks(self, X):
+        """z^L for X, EVAL_CHUNK rows at a time, so hidden activations stay bounded."""
+        return self.backend.xp.concatenate(
+            [self._logits(X[i:i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)])
 

@@ -1,7 +1,8 @@
 """The network's elementwise and row-wise math, written once against ``xp``.
 
-These are the NumPy/CuPy reference implementations: the CUDA kernels in ``kernels/``
-compute the same functions with the same signatures and are tested against these.
+These are the reference implementations, for NumPy and CuPy alike. The fused CUDA
+kernels planned for ``kernels/`` will compute the same functions with the same
+signatures and be tested against these.
 Shapes: B rows (the batch), C columns (classes or units).
 """
 

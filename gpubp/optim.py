@@ -28,7 +28,7 @@ class SGD:
         self.velocity = None  # one buffer per parameter, made on the first step
 
     def step(self, params, grads) -> None:
-        """Update ``params`` in place. params: [p]; grads: [g], same shapes; g is consumed."""
+        """Update ``params`` (and the momentum buffers) in place. grads: same shapes; unchanged."""
         if self.momentum and self.velocity is None:
             self.velocity = [None] * len(params)
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):

@@ -9,8 +9,6 @@ the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from safetensors.numpy import save as safetensors_save
 
 from gpubp.backend import to_numpy
 from gpubp.errors import ModelFileError
+from gpubp.fileio import atomic_writer
 from gpubp.validation import check_dtype, check_layer_sizes
 
 FORMAT = "gpubp.mlp"
@@ -38,7 +37,8 @@ def save_mlp(net, path) -> None:
         "layer_sizes": json.dumps(list(net.layer_sizes)),
         "dtype": net.dtype.name,
     }
-    write_atomic(Path(path), safetensors_save(tensors, metadata=metadata))
+    with atomic_writer(path) as f:
+        f.write(safetensors_save(tensors, metadata=metadata))
 
 
 def load_mlp(path, *, backend="auto"):
@@ -103,33 +103,3 @@ def _read_header(data: bytes) -> dict:
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     return header
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -96,7 +96,8 @@ class Trainer:
         Raises:
             ValueError/TypeError: bad data or arguments, before anything changes.
             DivergenceError: the training loss became NaN or Inf; the network keeps the
-                weights it had at the start of that epoch.
+                last weights whose loss was seen finite (the start of that epoch or of the
+                one before), and the optimizer's momentum is reset.
         """
         net = self.net
         X = net.prepare_features(X)
@@ -110,20 +111,17 @@ class Trainer:
         n = X.shape[0]
         base_lr = self.optimizer.lr
         history, best_loss, best_state, waited = History(), math.inf, None, 0
+        previous_start = None  # weights at the start of the previous epoch
         try:
             for epoch in range(self.epochs):
                 self.optimizer.lr = base_lr * self.schedule.factor(epoch, self.epochs)
-                start_state = net.state()
+                start = net.state()
                 started = time.perf_counter()
-                train_loss = self._run_epoch(X, targets, rng, epoch)
+                train_loss, first_loss = self._run_epoch(X, targets, rng, epoch)
                 wall_time = time.perf_counter() - started  # float() above synchronized
                 if not math.isfinite(train_loss):
-                    net.load_state(start_state)
-                    raise DivergenceError(
-                        f"training diverged in epoch {epoch + 1}: the loss became {train_loss}. "
-                        f"The network keeps its weights from the start of that epoch; "
-                        f"try a smaller learning rate (lr={self.optimizer.lr:g})."
-                    )
+                    self._recover(epoch, train_loss, first_loss, start, previous_start)
+                previous_start = start
                 record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "train_loss": train_loss,
                           "val_loss": None, "val_accuracy": None, "wall_time": wall_time,
                           "samples_per_s": n / wall_time}
@@ -149,11 +147,16 @@ class Trainer:
             net.load_state(best_state)
         return history
 
-    def _run_epoch(self, X, targets, rng, epoch) -> float:
-        """One pass over shuffled minibatches; returns the mean training loss (a float)."""
+    def _run_epoch(self, X, targets, rng, epoch):
+        """One pass over shuffled minibatches.
+
+        Returns (mean training loss, loss of the first batch), as floats: the first batch's
+        loss is the only one computed with the weights the epoch started from.
+        """
         net, xp, n = self.net, self.net.backend.xp, X.shape[0]
         order = net.backend.asarray(rng.permutation(n))
         loss_sum = xp.zeros((), dtype=np.float64)  # stays on the device until the end
+        first_loss = None
         params = net.parameters()
         starts = range(0, n, self.batch_size)
         bar = tqdm(starts, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
@@ -163,14 +166,37 @@ class Trainer:
             loss, grads = net.loss_and_grads_prepared(X[rows], targets[rows])
             self.optimizer.step(params, [g for pair in grads for g in pair])
             loss_sum += loss * rows.shape[0]
-        return float(loss_sum) / n
+            if first_loss is None:
+                first_loss = loss
+        return float(loss_sum) / n, float(first_loss)
+
+    def _recover(self, epoch, train_loss, first_loss, start, previous_start):
+        """Restore the last weights whose loss was seen finite, and raise DivergenceError.
+
+        The epoch's first batch evaluated ``start``; if that loss was finite, ``start`` is
+        good. Otherwise the previous epoch's start is (all its losses were finite).
+        """
+        if math.isfinite(first_loss) or previous_start is None:
+            self.net.load_state(start)
+            kept = f"the start of epoch {epoch + 1}"
+        else:
+            self.net.load_state(previous_start)
+            kept = f"the start of epoch {epoch}"
+        reset = getattr(self.optimizer, "reset", None)
+        if callable(reset):
+            reset()  # the momentum buffers hold the non-finite steps
+        raise DivergenceError(
+            f"training diverged in epoch {epoch + 1}: the loss became {train_loss}. "
+            f"The network keeps its weights from {kept}, the last with a finite loss; "
+            f"try a smaller learning rate (lr={self.optimizer.lr:g})."
+        )
 
     def _validation_data(self, X, targets, validation, seed):
         """Split off or check the validation data: returns X, targets, X_val, t_val."""
         net = self.net
         if validation is None:
             return X, targets, None, None
-        if isinstance(validation, tuple):
+        if isinstance(validation, (tuple, list)):
             if len(validation) != 2:
                 raise ValueError("validation: expected (X_val, y_val) or a fraction in (0, 1)")
             X_val = net.prepare_features(validation[0], name="validation X")
@@ -178,6 +204,7 @@ class Trainer:
             return X, targets, X_val, t_val
         fraction = check_float(validation, "validation", 0.0, strict=True, below=1.0)
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
-        train, val = stratified_indices(labels, fraction, np.random.default_rng(seed))
+        train, val = stratified_indices(labels, fraction, np.random.default_rng(seed),
+                                        name="validation")
         train, val = net.backend.asarray(train), net.backend.asarray(val)
         return X[train], targets[train], X[val], targets[val]

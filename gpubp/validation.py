@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from gpubp.backend import Backend, array_module
+from gpubp.backend import Backend, array_module, is_device_array
 
 DTYPES = ("float32", "float64")
 
@@ -38,6 +38,8 @@ def check_float(value, name: str, minimum: float = 0.0, *, strict: bool = False,
 
 def check_dtype(dtype) -> np.dtype:
     """The network dtype: float32 or float64."""
+    if dtype is None:
+        raise TypeError(f"dtype: expected one of {DTYPES}, got None")
     try:
         resolved = np.dtype(dtype)
     except TypeError as e:
@@ -60,7 +62,7 @@ def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
 
 
 def _as_array(a, name: str):
-    if type(a).__module__.startswith("cupy") or isinstance(a, np.ndarray):
+    if is_device_array(a) or isinstance(a, np.ndarray):
         return a
     try:
         return np.asarray(a)
@@ -85,8 +87,12 @@ def check_features(X, n_features: int, backend: Backend, dtype, name: str = "X")
         raise ValueError(
             f"{name}: has {X.shape[1]} features per row, the network takes {n_features}"
         )
-    X = backend.asarray(X, dtype=dtype)
-    _check_finite(X, name)
+    original = X
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf here...
+        X = backend.asarray(X, dtype=dtype)
+    if not _all_finite(X):
+        _check_finite(original, name)  # ...so name NaN/Inf in the input first, else overflow
+        raise ValueError(f"{name}: has values beyond the range of {np.dtype(dtype).name}")
     return X
 
 
@@ -144,12 +150,14 @@ def _check_rows(y, n_classes, backend, dtype, name):
     return backend.asarray(y, dtype=dtype)
 
 
+def _all_finite(a) -> bool:
+    return a.dtype.kind != "f" or bool(array_module(a).isfinite(a).all())
+
+
 def _check_finite(a, name: str) -> None:
-    if a.dtype.kind != "f":
+    """Raise, naming the first NaN/Inf element, unless every element is finite."""
+    if _all_finite(a):
         return
-    xp = array_module(a)
-    finite = xp.isfinite(a)
-    if not bool(finite.all()):
-        bad = int(xp.argmin(finite.reshape(-1).astype(np.int8)))
-        where = np.unravel_index(bad, a.shape)
-        raise ValueError(f"{name}: contains NaN or Inf (first at index {tuple(map(int, where))})")
+    finite = array_module(a).isfinite(a).reshape(-1)
+    first = np.unravel_index(int(finite.astype(np.int8).argmin()), a.shape)
+    raise ValueError(f"{name}: contains NaN or Inf (first at index {tuple(map(int, first))})")

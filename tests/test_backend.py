@@ -58,6 +58,14 @@ def test_environment_variable_chooses_the_backend(monkeypatch):
         gpubp.get_backend()
 
 
+def test_environment_variable_applies_to_the_auto_default(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=1))
+    monkeypatch.setenv("GPUBP_BACKEND", "numpy")
+    assert gpubp.MLP((2, 2)).backend.name == "numpy"  # backend="auto" by default
+    monkeypatch.setenv("GPUBP_BACKEND", "cupy")
+    assert gpubp.get_backend("numpy").name == "numpy"  # an explicit name wins
+
+
 def test_cupy_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
     with pytest.raises(BackendError, match="CuPy is not installed .*gpubp\\[cuda12\\]"):

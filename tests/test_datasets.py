@@ -189,6 +189,29 @@ def test_load_mnist_downloads_into_the_cache(mnist_dir, isolated_env, serve, mon
     np.testing.assert_array_equal(load_mnist().y_test, data.y_test)
 
 
+def test_load_mnist_downloads_synthetic_files_end_to_end(isolated_env, serve, monkeypatch, rng):
+    """The whole lookup → download → verify → parse path, on small stand-in files whose
+    sums replace the published ones (so it runs without the real MNIST)."""
+    served = isolated_env / "served"
+    served.mkdir()
+    sums, arrays = dict(mnist.SHA256), {}
+    for name, n in [(mnist.TRAIN_IMAGES, 12), (mnist.TEST_IMAGES, 5)]:
+        arrays[name] = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
+    arrays[mnist.TRAIN_LABELS] = np.arange(12, dtype=np.uint8) % 10
+    arrays[mnist.TEST_LABELS] = np.arange(5, dtype=np.uint8)
+    for name, array in arrays.items():
+        payload = gzip.compress(write_idx(array))
+        (served / f"{name}.gz").write_bytes(payload)
+        sums[f"{name}.gz"] = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setattr(mnist, "SHA256", sums)
+    data = load_mnist(isolated_env / "empty", mirrors=["not a url", serve(served)])
+    assert data.X_train.shape == (12, 784) and data.y_test.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(data.X_test * 255, arrays[mnist.TEST_IMAGES].reshape(5, -1))
+    cache = isolated_env / "cache" / "gpubp" / "mnist"  # downloads go to the cache
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in arrays)
+    assert all(p.stat().st_mode & 0o044 for p in cache.iterdir())  # umask, not 0600
+
+
 # ---- user files ----------------------------------------------------------------------
 
 def test_npz_and_csv_files(tmp_path, rng):
@@ -230,6 +253,12 @@ def test_bad_csv_is_a_data_error(tmp_path, content, message):
     (tmp_path / "bad.csv").write_text(content)
     with pytest.raises(DataError, match=message):
         load_file(tmp_path / "bad.csv")
+
+
+def test_missing_user_file_is_file_not_found(tmp_path):
+    for name in ("none.npz", "none.csv"):
+        with pytest.raises(FileNotFoundError):
+            load_file(tmp_path / name)
 
 
 def test_bad_npz_is_a_data_error(tmp_path):

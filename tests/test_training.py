@@ -154,15 +154,32 @@ def test_divergence_stops_with_an_error_and_keeps_the_last_good_weights():
     def remember(record):
         states[record["epoch"]] = net.state()
 
-    before = net.state()
-    trainer = gpubp.Trainer(net, gpubp.SGD(1e36), batch_size=4, epochs=5, seed=0,
+    states[0] = net.state()
+    optimizer = gpubp.SGD(1e36, momentum=0.5)
+    trainer = gpubp.Trainer(net, optimizer, batch_size=4, epochs=5, seed=0,
                             progress=False, on_epoch=remember)
     with np.errstate(all="ignore"), pytest.raises(gpubp.DivergenceError, match="diverged in epoch"):
         trainer.fit(X, y)
-    last_good = states[max(states)] if states else before
-    for p, q in zip(net.parameters(), last_good):
-        assert np.isfinite(p).all()
+    assert any(all(np.array_equal(p, q) for p, q in zip(net.parameters(), s))
+               for s in states.values())
+    assert np.isfinite(net.loss_and_grads(X, y)[0])
+    assert optimizer.velocity is None  # reset: the buffers held the non-finite steps
+
+
+def test_divergence_on_the_last_step_of_an_epoch_goes_back_one_more_epoch():
+    """With one batch per epoch, epoch 1's only step can ruin the weights that epoch 2
+    starts from; the network must then keep epoch 1's start, whose loss was finite."""
+    X, y = blobs()
+    X *= 100
+    net = gpubp.MLP((5, 7, 3), backend="numpy", seed=0)
+    initial = net.state()
+    trainer = gpubp.Trainer(net, gpubp.SGD(3e38), batch_size=len(X), epochs=3, seed=0,
+                            progress=False)
+    with np.errstate(all="ignore"), pytest.raises(gpubp.DivergenceError, match="start of epoch 1"):
+        trainer.fit(X, y)
+    for p, q in zip(net.parameters(), initial):
         np.testing.assert_array_equal(p, q)
+    assert np.isfinite(net.loss_and_grads(X, y)[0])
 
 
 def test_digits_default_reaches_97_percent():

@@ -47,6 +47,7 @@ BAD_INPUTS = {
     "object-X": (X_OK.astype(object), Y_OK, TypeError, "X: expected a real numeric array"),
     "complex-X": (X_OK.astype(complex), Y_OK, TypeError, "X: expected a real numeric array"),
     "string-y": (X_OK, Y_OK.astype(str), TypeError, "y: expected a real numeric array"),
+    "float32-overflow": (np.full((6, 4), 1e39), Y_OK, ValueError, "X: has values beyond the range of float32"),
     "empty-X": (np.zeros((0, 4)), np.zeros(0, dtype=int), ValueError, "X: is empty"),
     "ragged-X": ([[1.0, 2.0], [1.0]], Y_OK, TypeError, "X: cannot be read as an array"),
 }
@@ -102,6 +103,8 @@ def test_bad_validation_data_is_named():
     for fraction in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="validation: must be"):
             trainer.fit(X_OK, Y_OK, validation=fraction)
+    with pytest.raises(ValueError, match="validation: 0.1 leaves one side of the split empty"):
+        trainer.fit(X_OK[:3], np.array([0, 1, 2]), validation=0.1)  # one row per class
     with pytest.raises(ValueError, match="patience: early stopping needs validation data"):
         gpubp.Trainer(net, gpubp.SGD(0.1), patience=2, progress=False).fit(X_OK, Y_OK)
 
@@ -148,6 +151,8 @@ def test_mlp_rejects_bad_dtype_backend_and_seed():
         gpubp.MLP((2, 2), backend="numpy", dtype="int32")
     with pytest.raises(TypeError, match="dtype: expected one of"):
         gpubp.MLP((2, 2), backend="numpy", dtype="no-such-type")
+    with pytest.raises(TypeError, match="dtype: expected one of"):
+        gpubp.MLP((2, 2), backend="numpy", dtype=None)
     with pytest.raises(ValueError, match="backend: expected one of"):
         gpubp.MLP((2, 2), backend="tpu")
     with pytest.raises(ValueError, match="seed: must be >= 0"):

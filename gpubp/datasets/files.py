@@ -91,6 +91,8 @@ def _has_split(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
+    except FileNotFoundError:
+        raise
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
     return {"X_train.npy", "y_train.npy"} <= names
@@ -104,7 +106,7 @@ def _read_npz(path, keys) -> dict:
                 raise DataError(f"{path}: .npz lacks arrays {missing} (has {archive.files})")
             return {k: archive[k] for k in keys}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        if isinstance(e, DataError):
+        if isinstance(e, (DataError, FileNotFoundError)):
             raise
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
 

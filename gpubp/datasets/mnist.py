@@ -7,14 +7,13 @@ Every file is checked against its published sha256 before use.
 
 Download: a missing file is fetched from each mirror in turn (the ``mirrors`` argument,
 else ``$GPUBP_MNIST_MIRRORS``, comma-separated, else the defaults), verified, and renamed
-into place, into the first of ``data_dir``, ``$GPUBP_DATA`` or the cache that is set.
+into place in the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from gpubp.datasets.dataset import Dataset
 from gpubp.datasets.idx import read_idx
 from gpubp.errors import DataError
+from gpubp.fileio import atomic_writer
 
 DATA_ENV = "GPUBP_DATA"
 MIRRORS_ENV = "GPUBP_MNIST_MIRRORS"
@@ -64,7 +64,7 @@ def load_mnist(data_dir=None, *, download: bool = True, mirrors=None) -> Dataset
                     f"MNIST file {name}(.gz) not found in {[str(d) for d in dirs]} "
                     "and download=False"
                 )
-            path = fetch_file(f"{name}.gz", SHA256[f"{name}.gz"], dirs[0], mirrors)
+            path = fetch_file(f"{name}.gz", SHA256[f"{name}.gz"], cache_dir(), mirrors)
         arrays[name] = read_idx(path)
     X_train, y_train = _images_and_labels(arrays[TRAIN_IMAGES], arrays[TRAIN_LABELS])
     X_test, y_test = _images_and_labels(arrays[TEST_IMAGES], arrays[TEST_LABELS])
@@ -144,27 +144,20 @@ def fetch_file(name: str, sha256: str, dest_dir, mirrors=None) -> Path:
         url = base.rstrip("/") + "/" + name
         try:
             return _download_verified(url, dest_dir / name, sha256)
-        except (OSError, DataError) as e:  # URLError and HTTPError are OSErrors
+        except (OSError, ValueError) as e:  # URLError, HTTPError: OSError; DataError, bad URL: ValueError
             failures.append(f"{url}: {e}")
     raise DataError(f"could not download {name}:\n  " + "\n  ".join(failures))
 
 
 def _download_verified(url: str, dest: Path, sha256: str) -> Path:
     digest, size = hashlib.sha256(), 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
-            for chunk in iter(lambda: r.read(1 << 16), b""):
-                size += len(chunk)
-                if size > MAX_DOWNLOAD_BYTES:
-                    raise DataError(f"more than {MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, atomic_writer(dest) as out:
+        for chunk in iter(lambda: response.read(1 << 16), b""):
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES:
+                raise DataError(f"more than {MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+            digest.update(chunk)
+            out.write(chunk)
         if digest.hexdigest() != sha256:
             raise DataError(f"sha256 {digest.hexdigest()} does not match {sha256}")
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest

@@ -7,48 +7,47 @@ import numpy as np
 from gpubp.backend import to_numpy
 
 
-class StandardScaler:
+class _AffineScaler:
+    """x ← (x − offset_) / scale_ per feature; subclasses fit offset_ and scale_."""
+
+    def transform(self, X, dtype=np.float32) -> np.ndarray:
+        return ((to_numpy(X).astype(np.float64) - self.offset_) / self.scale_).astype(dtype)
+
+    def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
+        return self.fit(X).transform(X, dtype)
+
+
+class StandardScaler(_AffineScaler):
     """x ← (x − mean) / std per feature, fitted on training data. Constant features get std 1."""
 
     def fit(self, X) -> "StandardScaler":
-        X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(axis=0)
+        X = to_numpy(X).astype(np.float64)
+        self.offset_ = X.mean(axis=0)
         std = X.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
-    def transform(self, X, dtype=np.float32) -> np.ndarray:
-        return ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_).astype(dtype)
 
-    def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
-        return self.fit(X).transform(X, dtype)
-
-
-class MinMaxScaler:
+class MinMaxScaler(_AffineScaler):
     """x ← (x − min) / (max − min) per feature, into [0, 1] on the training data."""
 
     def fit(self, X) -> "MinMaxScaler":
-        X = np.asarray(X, dtype=np.float64)
-        self.min_ = X.min(axis=0)
-        span = X.max(axis=0) - self.min_
+        X = to_numpy(X).astype(np.float64)
+        self.offset_ = X.min(axis=0)
+        span = X.max(axis=0) - self.offset_
         self.scale_ = np.where(span > 0, span, 1.0)
         return self
 
-    def transform(self, X, dtype=np.float32) -> np.ndarray:
-        return ((np.asarray(X, dtype=np.float64) - self.min_) / self.scale_).astype(dtype)
 
-    def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
-        return self.fit(X).transform(X, dtype)
-
-
-def stratified_indices(labels, fraction: float, rng: np.random.Generator):
+def stratified_indices(labels, fraction: float, rng: np.random.Generator, name="fraction"):
     """Split row indices so that each class sends ``fraction`` of its rows to the second part.
 
     labels: (N,) integer classes. Returns (first, second), sorted index arrays. A class
-    with at least two rows keeps at least one on each side.
+    with at least two rows keeps at least one on each side. ``name`` names ``fraction``
+    in errors.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction: must be in (0, 1), got {fraction}")
+        raise ValueError(f"{name}: must be in (0, 1), got {fraction}")
     labels = to_numpy(labels)
     second = []
     for c in np.unique(labels):
@@ -60,7 +59,7 @@ def stratified_indices(labels, fraction: float, rng: np.random.Generator):
     second = np.sort(np.concatenate(second))
     first = np.setdiff1d(np.arange(len(labels)), second, assume_unique=True)
     if len(first) == 0 or len(second) == 0:
-        raise ValueError(f"fraction: {fraction} leaves one side of the split empty "
+        raise ValueError(f"{name}: {fraction} leaves one side of the split empty "
                          f"for {len(labels)} rows")
     return first, second
 
