@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--gamma", type=float, default=0.1,
                        help="factor of each drop, for --schedule step")
     train.add_argument("--patience", type=int, default=None,
-                       help="early stopping patience in epochs (needs --validation)")
+                       help="early stopping patience in epochs (holds out --validation, "
+                            "0.1 if unset)")
     train.add_argument("--validation", type=float, default=None,
                        help="fraction of the training rows held out for validation")
     train.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -128,7 +129,10 @@ def _train(args) -> int:
         print(f"gpubp: training {net} on {data}, {optimizer}, batch {batch_size}, "
               f"{epochs} epochs", flush=True)
     started = time.perf_counter()
-    history = trainer.fit(data.X_train, data.y_train, validation=args.validation)
+    validation = args.validation
+    if validation is None and args.patience is not None:
+        validation = 0.1  # early stopping needs held-out data
+    history = trainer.fit(data.X_train, data.y_train, validation=validation)
     train_time = time.perf_counter() - started
     if args.save:
         net.save(args.save)
