@@ -176,18 +176,21 @@ class Trainer:
         The epoch's first batch evaluated ``start``; if that loss was finite, ``start`` is
         good. Otherwise the previous epoch's start is (all its losses were finite).
         """
-        if math.isfinite(first_loss) or previous_start is None:
+        if math.isfinite(first_loss):
             self.net.load_state(start)
-            kept = f"the start of epoch {epoch + 1}"
-        else:
+            kept = f"the start of epoch {epoch + 1}, the last with a finite loss"
+        elif previous_start is not None:
             self.net.load_state(previous_start)
-            kept = f"the start of epoch {epoch}"
+            kept = f"the start of epoch {epoch}, the last with a finite loss"
+        else:
+            self.net.load_state(start)
+            kept = "the start of training (their loss was already not finite)"
         reset = getattr(self.optimizer, "reset", None)
         if callable(reset):
             reset()  # the momentum buffers hold the non-finite steps
         raise DivergenceError(
             f"training diverged in epoch {epoch + 1}: the loss became {train_loss}. "
-            f"The network keeps its weights from {kept}, the last with a finite loss; "
+            f"The network keeps its weights from {kept}; "
             f"try a smaller learning rate (lr={self.optimizer.lr:g})."
         )
 

@@ -105,9 +105,9 @@ def _read_npz(path, keys) -> dict:
             if missing:
                 raise DataError(f"{path}: .npz lacks arrays {missing} (has {archive.files})")
             return {k: archive[k] for k in keys}
+    except (DataError, FileNotFoundError):
+        raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        if isinstance(e, (DataError, FileNotFoundError)):
-            raise
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
 
 

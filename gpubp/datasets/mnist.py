@@ -144,7 +144,7 @@ def fetch_file(name: str, sha256: str, dest_dir, mirrors=None) -> Path:
         url = base.rstrip("/") + "/" + name
         try:
             return _download_verified(url, dest_dir / name, sha256)
-        except (OSError, ValueError) as e:  # URLError, HTTPError: OSError; DataError, bad URL: ValueError
+        except (OSError, ValueError) as e:  # URLError/HTTPError; DataError or a malformed URL
             failures.append(f"{url}: {e}")
     raise DataError(f"could not download {name}:\n  " + "\n  ".join(failures))
 
