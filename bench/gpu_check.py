@@ -5,10 +5,13 @@ On the device machine, from the source tree (nothing installed):
     PYTHONPATH=. python bench/gpu_check.py --data-dir .mnist --budget-s 300
 
 It (1) records the device and versions, (2) measures the device-to-device copy
-bandwidth, (3) runs the GPU tests (pytest -m gpu), (4) times one training step of
-784-800-10 on gpubp-cupy and PyTorch eager side by side at several batch sizes, and
-(5) trains 784-800-10 on MNIST to compare with the 1.6% reference, for as many of the
-listed configurations as the time budget allows. Each section's result is written to
+bandwidth, (3) runs the GPU tests (pytest -m gpu), (4) times each CUDA kernel against the
+copy bandwidth and PyTorch (bench.kernel_times), (5) times one plain-SGD training step of
+784-1024-1024-10 on gpubp-cupy (with its kernels, and without: the reference ops on
+CuPy) and PyTorch eager side by side, in fp32 and, in a child process with CUPY_TF32=1,
+in TF32, with the CuPy pool's bytes after each step, then, while the time budget lasts,
+(6) runs bench.compare's CUDA peers (gpubp-cupy, torch eager and compiled, TF32 rows) and
+(7) trains 784-800-10 on MNIST. Each section's result is written to
 ``$OUT/gpu_check.json`` as soon as it is known; a short table is printed last.
 """
 
@@ -31,6 +34,8 @@ import gpubp  # noqa: E402
 from gpubp.backend import cuda_versions, get_backend  # noqa: E402
 
 STEP_BATCHES = (64, 256, 4096, 65536)
+STEP_SIZES = (784, 1024, 1024, 10)
+COMPARE_BATCHES = (256, 4096, 65536)  # bench.compare's CUDA peers, one epoch each of 131,072 rows
 MNIST_CONFIGS = (  # (batch, lr, weight decay, epochs), in order of interest
     (64, 0.1, 2e-5, 60),  # the best of the 2026-11-28 sweep, bench.mnist_800's default
     (64, 0.1, 0.0, 50),
@@ -42,7 +47,13 @@ def main() -> None:
     p.add_argument("--data-dir", default=".mnist", help="the MNIST .gz files")
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting work after this")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--step-times-only", action="store_true",
+                   help="print the step-time rows as JSON and exit (the TF32 child)")
     args = p.parse_args()
+    if args.step_times_only:
+        backend = get_backend("cupy")
+        print(json.dumps([step_times(backend, batch, tf32=True) for batch in STEP_BATCHES]))
+        return
     deadline = time.monotonic() + args.budget_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +73,26 @@ def main() -> None:
     report["tests"] = run_gpu_tests(out, timeout=min(240, remaining(deadline)))
     save()
 
+    from bench.kernel_times import run as kernel_times
+
+    report["kernels"] = kernel_times(report["copy_bandwidth_GBps"])
+    save()
+
     report["step_time"] = [step_times(backend, batch) for batch in STEP_BATCHES]
     save()
+    report["step_time_tf32"] = tf32_step_times(timeout=min(120, remaining(deadline)))
+    save()
+
+    if remaining(deadline) > 90:
+        from bench.compare import CompareConfig, run_comparison
+
+        report["compare_cuda"] = run_comparison(CompareConfig(
+            device="cuda", batch_sizes=COMPARE_BATCHES, widths=(), rows=131072, repeats=2,
+            data_dir=args.data_dir,
+            peers=("gpubp-cupy", "torch-eager-cuda", "gpubp-cupy-tf32", "torch-eager-cuda-tf32",
+                   "torch-compile-cuda"),
+            budget_s=remaining(deadline) - 60, timeout_s=120), log=lambda line: None)
+        save()
 
     from bench.mnist_800 import run
 
@@ -143,7 +172,6 @@ def copy_bandwidth(cp, nbytes: int = 2 << 30) -> float:
     src = cp.random.random(nbytes // 4, dtype=cp.float32)
     dst = cp.empty_like(src)
     seconds = time_events(cp, lambda: dst.data.copy_from_device_async(src.data, nbytes), 20)
-    del src, dst
     return 2 * nbytes / seconds / 1e9
 
 
@@ -163,47 +191,94 @@ def run_gpu_tests(out: Path, timeout: float) -> dict:
             "seconds": time.monotonic() - started}
 
 
-def step_times(backend, batch: int, sizes=(784, 800, 10)) -> dict:
-    """Seconds per SGD step (forward, loss, backward, update), gpubp-cupy vs torch eager."""
+def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dict:
+    """Seconds per plain-SGD step (forward, loss, backward, update): gpubp-cupy with its
+    kernels, gpubp-cupy on the reference ops, torch eager; and CuPy pool bytes."""
     cp = backend.xp
     rng = np.random.default_rng(0)
     X = rng.random((batch, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], batch)
-    steps = 200 if batch <= 4096 else 20
-    sync = cp.cuda.get_current_stream().synchronize
-
-    net = gpubp.MLP(sizes, backend=backend, seed=0)
-    opt = gpubp.SGD(0.01, momentum=0.9)
+    steps = 100 if batch <= 4096 else 10
+    pool = cp.get_default_memory_pool()
     Xd, yd = cp.asarray(X), cp.asarray(y)
-    params = net.parameters()
+    result = {"batch": batch, "sizes": list(sizes), "tf32": tf32}
 
-    def gpubp_step():
-        loss, grads = net.loss_and_grads_prepared(Xd, yd)
-        opt.step(params, [g for pair in grads for g in pair])
-
-    result = {"batch": batch, "gpubp_s": time_loop(gpubp_step, sync, steps)}
-    result["gpubp_samples_per_s"] = batch / result["gpubp_s"]
+    for label, kernels in (("gpubp", "1"), ("gpubp_reference_ops", "0")):
+        seconds, used = gpubp_step_time(backend, sizes, Xd, yd, steps, kernels)
+        pool.free_all_blocks()
+        result[f"{label}_s"], result[f"{label}_samples_per_s"] = seconds, batch / seconds
+        if kernels == "1":
+            result["pool_used_bytes_after_steps_1_to_5"] = used
+            result["pool_used_constant_after_step_2"] = len(set(used[1:])) == 1
+            result["pool_total_bytes"] = pool.total_bytes()  # the pool's peak reservation
     try:
-        import torch
-        import torch.nn.functional as F
+        result.update(torch_step_time(sizes, X, y, steps, tf32))
     except ImportError:
         result["torch_s"] = None
         return result
-    dev = torch.device("cuda")
-    model = torch.nn.Sequential(torch.nn.Linear(sizes[0], sizes[1]), torch.nn.Sigmoid(),
-                                torch.nn.Linear(sizes[1], sizes[2])).to(dev)
-    topt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-
-    def torch_step():
-        topt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(Xt), yt).backward()
-        topt.step()
-
-    result["torch_s"] = time_loop(torch_step, torch.cuda.synchronize, steps)
-    result["torch_samples_per_s"] = batch / result["torch_s"]
     result["gpubp_over_torch_speed"] = result["torch_s"] / result["gpubp_s"]
     return result
+
+
+def gpubp_step_time(backend, sizes, X, y, steps, kernels: str):
+    """(seconds per step, CuPy pool used bytes after each of the first 5 steps)."""
+    os.environ["GPUBP_CUDA_KERNELS"] = kernels
+    net = gpubp.MLP(sizes, backend=backend, seed=0)
+    os.environ.pop("GPUBP_CUDA_KERNELS")
+    opt = gpubp.SGD(0.01)
+    params = net.parameters()
+    sync = backend.synchronize
+    pool = backend.xp.get_default_memory_pool()
+
+    def step():
+        loss, grads = net.loss_and_grads_prepared(X, y)
+        opt.step(params, [g for pair in grads for g in pair])
+
+    used = []
+    for _ in range(5):
+        step()
+        sync()
+        used.append(pool.used_bytes())
+    return time_loop(step, sync, steps), used
+
+
+def torch_step_time(sizes, X, y, steps, tf32: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    dev = torch.device("cuda")
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.Sigmoid()]
+    model = torch.nn.Sequential(*layers[:-1]).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(Xt), yt).backward()
+        opt.step()
+
+    torch.cuda.reset_peak_memory_stats()
+    seconds = time_loop(step, torch.cuda.synchronize, steps)
+    return {"torch_s": seconds, "torch_samples_per_s": X.shape[0] / seconds,
+            "torch_max_memory_allocated": torch.cuda.max_memory_allocated()}
+
+
+def tf32_step_times(timeout: float) -> list | dict:
+    """:func:`step_times` with TF32 on both sides, in a child with CUPY_TF32=1 (which CuPy
+    reads when it loads)."""
+    try:
+        done = subprocess.run([sys.executable, __file__, "--step-times-only"],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "CUPY_TF32": "1"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def print_table(report: dict) -> None:
@@ -212,11 +287,29 @@ def print_table(report: dict) -> None:
           f"  torch {d['torch']}")
     print(f"copy bandwidth (read+write): {report['copy_bandwidth_GBps']:.0f} GB/s")
     print(f"GPU tests: {report['tests']['summary']} (rc {report['tests']['returncode']})")
-    print(f"{'batch':>7} {'gpubp ms':>9} {'torch ms':>9} {'gpubp/torch speed':>18}")
-    for r in report["step_time"]:
-        torch_ms = f"{1e3 * r['torch_s']:.3f}" if r.get("torch_s") else "-"
-        ratio = f"{r['gpubp_over_torch_speed']:.2f}x" if r.get("torch_s") else "-"
-        print(f"{r['batch']:>7} {1e3 * r['gpubp_s']:>9.3f} {torch_ms:>9} {ratio:>18}")
+    for r in report.get("kernels", {}).get("softmax_xent", []):
+        torch_s = f"{r['speedup_vs_torch']:.2f}x torch" if "speedup_vs_torch" in r else ""
+        print(f"softmax_xent B={r['B']:<5} C={r['C']:<6} {r['path']:<5} {1e6 * r['fused_s']:8.1f} us"
+              f" {r['fused_GBps']:7.0f} GB/s {100 * r.get('fraction_of_copy', 0):5.1f}% of copy"
+              f"  {torch_s}")
+    for r in report.get("kernels", {}).get("sigmoid", []):
+        print(f"sigmoid B={r['B']:<5} N={r['N']:<5} fwd {r['bias_sigmoid_GBps']:6.0f} GB/s "
+              f"bwd {r['sigmoid_backward_GBps']:6.0f} GB/s "
+              f"({100 * r.get('sigmoid_backward_fraction_of_copy', 0):.1f}% of copy), "
+              f"bwd+db {r['sigmoid_backward_dbias_GBps']:6.0f} GB/s")
+    for key in ("step_time", "step_time_tf32"):
+        rows = report.get(key)
+        if not isinstance(rows, list):
+            print(f"{key}: {rows}")
+            continue
+        print(f"{key}: {'batch':>7} {'gpubp ms':>9} {'ref-ops ms':>10} {'torch ms':>9} "
+              f"{'gpubp/torch':>11} {'pool steady':>11}")
+        for r in rows:
+            torch_ms = f"{1e3 * r['torch_s']:.3f}" if r.get("torch_s") else "-"
+            ratio = f"{r['gpubp_over_torch_speed']:.2f}x" if r.get("torch_s") else "-"
+            print(f"{'':>{len(key) + 1}} {r['batch']:>7} {1e3 * r['gpubp_s']:>9.3f} "
+                  f"{1e3 * r['gpubp_reference_ops_s']:>10.3f} {torch_ms:>9} {ratio:>11} "
+                  f"{str(r['pool_used_constant_after_step_2']):>11}")
     print(f"{'mnist config (batch, lr, wd, epochs)':<38} {'best err':>8} {'final':>7} "
           f"{'reach 1.6%':>10} {'train s':>8}")
     for r in report["mnist_800"]:

@@ -13,7 +13,6 @@ import time
 import numpy as np
 
 import gpubp
-from gpubp import ops
 
 
 def per_call(fn, sync, n=100) -> float:
@@ -46,20 +45,23 @@ def profile(backend, batch, sizes=(784, 800, 10)) -> dict:
     y = net.backend.asarray(rng.integers(0, sizes[-1], batch))
     opt = gpubp.SGD(0.01, momentum=0.9)
     params = net.parameters()
-    activations, logits = net._forward(X)
-    _, delta = ops.softmax_cross_entropy(logits, y, scale=1.0 / batch)
-    grads = [g for pair in net._backward(activations, delta) for g in pair]
+    work = net._workspace(batch)
+    logits = net._forward_into(X, work)
+    _, delta = net._ops.softmax_cross_entropy(logits, y, 1.0 / batch, reduction="mean")
+    grads = [g for pair in net._backward_into(X, work, delta) for g in pair]
+    hidden = work.activations[0]
 
     def step():
         _, g = net.loss_and_grads_prepared(X, y)
         opt.step(params, [t for pair in g for t in pair])
 
     phases = {
-        "forward": lambda: net._forward(X),
-        "softmax_xent": lambda: ops.softmax_cross_entropy(logits, y, scale=1.0 / batch),
-        "backward": lambda: net._backward(activations, delta),
-        "sgd_update": lambda: opt.step(params, [g.copy() for g in grads]),
-        "sigmoid": lambda: ops.sigmoid(activations[1]),
+        "forward": lambda: net._forward_into(X, work),
+        "softmax_xent": lambda: net._ops.softmax_cross_entropy(logits, y, 1.0 / batch,
+                                                               reduction="mean"),
+        "backward": lambda: net._backward_into(X, work, delta.copy()),
+        "sgd_update": lambda: opt.step(params, grads),
+        "bias_sigmoid": lambda: net._ops.bias_sigmoid(hidden, net.biases[0], out=hidden.copy()),
         "gemm_forward_layer1": lambda: X @ net.weights[0].T,
         "step": step,
     }

@@ -3,7 +3,10 @@ NumPy (CPU) or CuPy (NVIDIA GPU) with the same code."""
 
 from gpubp import datasets
 from gpubp.backend import Backend, get_backend, to_numpy
-from gpubp.errors import BackendError, DataError, DivergenceError, GpubpError, ModelFileError
+from gpubp.errors import (
+    BackendError, CheckpointError, CheckpointMismatchError, DataError, DivergenceError,
+    GpubpError, ModelFileError, TrainingInterrupted,
+)
 from gpubp.network import MLP
 from gpubp.optim import SGD
 from gpubp.schedules import ConstantLR, CosineLR, StepLR
@@ -15,4 +18,5 @@ __all__ = [
     "MLP", "SGD", "Trainer", "History", "ConstantLR", "StepLR", "CosineLR", "datasets",
     "Backend", "get_backend", "to_numpy",
     "GpubpError", "BackendError", "DataError", "ModelFileError", "DivergenceError",
+    "CheckpointError", "CheckpointMismatchError", "TrainingInterrupted",
 ]

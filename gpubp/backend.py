@@ -1,7 +1,7 @@
 """The xp layer: one array module for the math, NumPy on CPU or CuPy on an NVIDIA GPU.
 
-The network's math is written once against ``backend.xp``. This module is the only one
-that imports cupy (the CUDA kernel loader, when it comes, will be the other).
+The network's math is written once against ``backend.xp``. This module and
+``gpubp.cuda_kernels`` (the CUDA kernels) are the only ones that import cupy.
 
 A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"``. ``"auto"`` (the
 default) and ``None`` take the environment variable ``GPUBP_BACKEND`` when it is set;

@@ -8,13 +8,16 @@ import logging
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import gpubp
+from gpubp import checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
-from gpubp.errors import GpubpError
+from gpubp.errors import CheckpointError, GpubpError, TrainingInterrupted
+from gpubp.fileio import atomic_writer
 from gpubp.validation import DTYPES
 from gpubp.schedules import make_schedule
 
@@ -33,6 +36,9 @@ def main(argv=None) -> int:
                         format="%(message)s", stream=sys.stderr)
     try:
         return args.run(args)
+    except TrainingInterrupted as e:
+        print(f"gpubp {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except (GpubpError, ValueError, TypeError, OSError) as e:
         print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -51,22 +57,33 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lr", type=float, default=None, help="base learning rate")
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--momentum", type=float, default=None, help="default 0.9")
+    train.add_argument("--nesterov", action="store_true", default=None)
     train.add_argument("--weight-decay", type=float, default=None)
-    train.add_argument("--schedule", choices=("constant", "step", "cosine"), default="cosine")
-    train.add_argument("--step-size", type=int, default=10,
-                       help="epochs between learning-rate drops, for --schedule step")
-    train.add_argument("--gamma", type=float, default=0.1,
-                       help="factor of each drop, for --schedule step")
+    train.add_argument("--schedule", choices=("constant", "step", "cosine"), default=None,
+                       help="default cosine")
+    train.add_argument("--step-size", type=int, default=None,
+                       help="epochs between learning-rate drops, for --schedule step (10)")
+    train.add_argument("--gamma", type=float, default=None,
+                       help="factor of each drop, for --schedule step (0.1)")
     train.add_argument("--patience", type=int, default=None,
                        help="early stopping patience in epochs (holds out --validation, "
                             "0.1 if unset)")
     train.add_argument("--validation", type=float, default=None,
                        help="fraction of the training rows held out for validation")
-    train.add_argument("--dtype", choices=DTYPES, default="float32")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dtype", choices=DTYPES, default=None, help="default float32")
+    train.add_argument("--seed", type=int, default=None, help="default 0")
     train.add_argument("--save", metavar="PATH", help="write the trained model here")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="write the full training state here; SIGINT/SIGTERM then stop "
+                            "with a final checkpoint (exit code 130/143)")
+    train.add_argument("--checkpoint-every", metavar="N[steps|epochs]", default=None,
+                       help="how often to checkpoint: N epochs, or e.g. 500steps (default 1)")
+    train.add_argument("--keep-last", type=int, default=None,
+                       help="checkpoints kept in DIR, older ones deleted (default 3)")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run checkpointed in DIR with its options; flags "
+                            "given now override them (--epochs may change the target)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a saved model on a dataset's test set")
@@ -82,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default=None,
                    help="digits (embedded), mnist, or a path to a .npz/.csv file")
     p.add_argument("--data-dir", default=None, help="where to find/download MNIST")
     p.add_argument("--backend", choices=BACKEND_NAMES, default=None,
@@ -100,18 +117,25 @@ def _int_list(text: str) -> list[int]:
 
 
 def _train(args) -> int:
-    defaults = DEFAULTS.get(args.dataset, DEFAULTS["digits"])
-    hidden = args.layers if args.layers is not None else defaults["layers"]
-    epochs = args.epochs if args.epochs is not None else defaults["epochs"]
-    batch_size = args.batch_size if args.batch_size is not None else defaults["batch_size"]
-    lr = args.lr if args.lr is not None else defaults["lr"]
-    weight_decay = args.weight_decay if args.weight_decay is not None else defaults["weight_decay"]
+    checkpoint_dir = args.resume or args.checkpoint_dir
+    if args.resume and args.checkpoint_dir and Path(args.checkpoint_dir) != Path(args.resume):
+        raise ValueError("--checkpoint-dir: --resume DIR already names the checkpoint directory")
+    if checkpoint_dir is None and (args.checkpoint_every is not None
+                                   or args.keep_last is not None):
+        raise ValueError("--checkpoint-every: needs --checkpoint-dir (or --resume)"
+                         if args.checkpoint_every is not None
+                         else "--keep-last: needs --checkpoint-dir")
+    if args.resume:
+        _restore_run_options(args, Path(args.resume))
+    _fill_defaults(args)
+    epochs, batch_size, lr = args.epochs, args.batch_size, args.lr
 
     data = load_dataset(args.dataset, data_dir=args.data_dir)
-    net = gpubp.MLP([data.n_features, *hidden, data.n_classes], backend=args.backend,
+    net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
                     dtype=args.dtype, seed=args.seed)
     optimizer = gpubp.SGD(lr, momentum=args.momentum, nesterov=args.nesterov,
-                          weight_decay=weight_decay)
+                          weight_decay=args.weight_decay)
+    every = _checkpoint_every(args.checkpoint_every)
 
     def report(r):
         val = (f"  val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
@@ -132,7 +156,21 @@ def _train(args) -> int:
     validation = args.validation
     if validation is None and args.patience is not None:
         validation = 0.1  # early stopping needs held-out data
-    history = trainer.fit(data.X_train, data.y_train, validation=validation)
+    checkpointing = {}
+    if checkpoint_dir is not None:
+        checkpointing = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": every,
+                         "resume": bool(args.resume), "keep_last": args.keep_last}
+        if not args.resume:
+            _save_run_options(args, Path(checkpoint_dir), fresh=True)
+    try:
+        history = trainer.fit(data.X_train, data.y_train, validation=validation,
+                              **checkpointing)
+    except TrainingInterrupted:
+        if args.resume:  # resumed, so the options fit the checkpoints: keep a new --epochs
+            _save_run_options(args, Path(checkpoint_dir), fresh=False)
+        raise
+    if args.resume:
+        _save_run_options(args, Path(checkpoint_dir), fresh=False)
     train_time = time.perf_counter() - started
     if args.save:
         net.save(args.save)
@@ -154,9 +192,76 @@ def _train(args) -> int:
     return 0
 
 
+# Options a checkpointed run records in DIR/run.json, for `gpubp train --resume DIR`,
+# with the JSON types each may take.
+RUN_OPTIONS = {
+    "dataset": (str,), "data_dir": (str,), "layers": (list,), "epochs": (int,),
+    "batch_size": (int,), "lr": (int, float), "momentum": (int, float), "nesterov": (bool,),
+    "weight_decay": (int, float), "schedule": (str,), "step_size": (int,),
+    "gamma": (int, float), "patience": (int,), "validation": (int, float), "dtype": (str,),
+    "seed": (int,), "checkpoint_every": (str, int), "keep_last": (int,),
+}
+RUN_FILE = "run.json"
+
+
+def _fill_defaults(args) -> None:
+    """Replace every unset training option with its (per-dataset) default."""
+    if args.dataset is None:
+        args.dataset = "digits"
+    defaults = {**DEFAULTS.get(args.dataset, DEFAULTS["digits"]), "momentum": 0.9,
+                "nesterov": False, "schedule": "cosine", "step_size": 10, "gamma": 0.1,
+                "dtype": "float32", "seed": 0, "keep_last": 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def _checkpoint_every(text):
+    """--checkpoint-every as Trainer.fit takes it: an int of epochs, or "Nsteps"/"Nepochs"."""
+    if text is None or isinstance(text, int):
+        return text
+    return int(text) if text.strip().isdigit() else text
+
+
+def _save_run_options(args, directory: Path, fresh: bool) -> None:
+    """Record the resolved options of a checkpointed run in DIR/run.json."""
+    if fresh and checkpoint.list_checkpoints(directory):
+        raise ValueError(f"--checkpoint-dir: {directory} already holds checkpoints; "
+                         f"continue that run with --resume {directory}, or use an empty "
+                         "directory")
+    options = {key: getattr(args, key) for key in RUN_OPTIONS}
+    with atomic_writer(directory / RUN_FILE) as f:
+        f.write(json.dumps(options, indent=1).encode())
+
+
+def _restore_run_options(args, directory: Path) -> None:
+    """Take the options recorded in DIR/run.json for every flag not given now."""
+    path = directory / RUN_FILE
+    if not directory.is_dir():
+        raise ValueError(f"--resume: {directory} is not a directory")
+    if not path.is_file():
+        return  # checkpoints written from Python: the flags given now must match them
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable run options ({e})") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: run options are not a JSON object")
+    for key, types in RUN_OPTIONS.items():
+        value = saved.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types) or (
+                key == "layers" and not all(type(v) is int for v in value)):
+            raise CheckpointError(f"{path}: option {key} is {value!r:.80}, expected "
+                                  + " or ".join(t.__name__ for t in types))
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _eval(args) -> int:
     net = gpubp.MLP.load(args.model, backend=args.backend)
-    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    data = load_dataset(args.dataset or "digits", data_dir=args.data_dir)
     if data.n_features != net.layer_sizes[0] or data.n_classes > net.layer_sizes[-1]:
         raise ValueError(f"--dataset: {data} does not fit the model's layer sizes "
                          f"{net.layer_sizes}")

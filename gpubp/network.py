@@ -7,15 +7,29 @@ z^l = a^{l−1} (W^l)^T + b^l with a^{l−1}: (B, n_{l−1}), W^l: (n_l, n_{l−
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
+
 import numpy as np
 
-from gpubp import ops
+from gpubp import blas, ops
 from gpubp.backend import Backend, get_backend
 from gpubp.validation import (
     check_dtype, check_features, check_int, check_layer_sizes, check_targets,
 )
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating large arrays
+WORKSPACES = 2  # batch sizes whose training buffers are kept (the batch and the last one)
+
+
+def step_ops(backend: Backend):
+    """The module computing a training step's fused math: the CUDA kernels on CuPy
+    (unless $GPUBP_CUDA_KERNELS is "0"), the references in gpubp.ops otherwise."""
+    if backend.is_gpu and os.environ.get("GPUBP_CUDA_KERNELS", "1") != "0":
+        from gpubp import cuda_kernels
+
+        return cuda_kernels
+    return ops
 
 
 class MLP:
@@ -46,6 +60,9 @@ class MLP:
             W = rng.uniform(-limit, limit, size=(n_out, n_in))
             self.weights.append(self.backend.asarray(W, dtype=self.dtype))
             self.biases.append(self.backend.xp.zeros(n_out, dtype=self.dtype))
+        self._ops = step_ops(self.backend)
+        self._matmul = self.backend.xp.matmul if self.backend.is_gpu else blas.matmul
+        self._workspaces: OrderedDict[int, _Workspace] = OrderedDict()
 
     # ---- inference -------------------------------------------------------------------
 
@@ -75,7 +92,7 @@ class MLP:
         correct = xp.zeros((), dtype=np.int64)
         for i in range(0, X.shape[0], EVAL_CHUNK):
             logits, t = self._logits(X[i:i + EVAL_CHUNK]), targets[i:i + EVAL_CHUNK]
-            loss_rows, _ = ops.softmax_cross_entropy(logits, t)
+            loss_rows, _ = self._ops.softmax_cross_entropy(logits, t, grad=False)
             labels = t if t.ndim == 1 else t.argmax(axis=1)
             loss_sum += loss_rows.sum(dtype=np.float64)
             correct += (logits.argmax(axis=1) == labels).sum()
@@ -94,30 +111,84 @@ class MLP:
         X = self.prepare_features(X)
         targets = self.prepare_targets(y, X.shape[0])
         loss, grads = self.loss_and_grads_prepared(X, targets)
-        return float(loss), grads
+        return float(loss), [(dW.copy(), db.copy()) for dW, db in grads]
 
     def loss_and_grads_prepared(self, X, targets):
         """:meth:`loss_and_grads` on arrays already returned by the ``prepare_*`` methods.
 
-        Returns the loss as a 0-d backend array, so that a GPU step needs no host sync.
+        Returns the loss as a 0-d backend array, so that a GPU step needs no host sync,
+        and the gradients in the network's own buffers for this batch size: the next
+        call with the same batch size overwrites them.
         """
-        activations, logits = self._forward(X)
-        batch = X.shape[0]
-        # EqA1.1: dL/dz^L = (P − Y)/B for the batch-mean loss, fused with the loss itself.
-        loss_rows, delta = ops.softmax_cross_entropy(logits, targets, scale=1.0 / batch)
-        return loss_rows.mean(), self._backward(activations, delta)
+        work, loss, delta = self._loss_and_delta(X, targets)
+        return loss, self._backward_into(X, work, delta)
 
-    def _backward(self, activations, delta):
-        """Backpropagate delta = dL/dz^L (B, C) through every layer; returns [(dW, db)]."""
-        grads = [None] * len(self.weights)
+    def sgd_step_prepared(self, X, targets, lr: float):
+        """One step of plain gradient descent, W ← W − lr · dL/dW (the seed's rule), with
+        each weight update fused into the GEMM that computes its gradient (EqA1).
+
+        Same arrays as :meth:`loss_and_grads_prepared`; equal to it followed by
+        ``SGD(lr).step`` up to rounding. NumPy backend only. Returns the loss (0-d).
+        """
+        if self.backend.is_gpu:
+            raise TypeError("sgd_step_prepared: runs on the NumPy backend only")
+        work, loss, delta = self._loss_and_delta(X, targets)
+        inputs = [X] + work.activations
         for l in reversed(range(len(self.weights))):
-            a_prev = activations[l]
-            # EqA1: dL/dW^l = δ^l (a^{l−1})^T, summed over the batch: (n_l, n_{l−1}).
-            grads[l] = (delta.T @ a_prev, delta.sum(axis=0))
+            W, b, db = self.weights[l], self.biases[l], work.grads[l][1]
+            if l > 0:  # EqA2.1's (W^l)^T δ^l, with W^l before its update
+                grad_a = self._matmul(delta, W, out=work.deltas[l - 1])
+            # EqA1 and the update in one GEMM: W^l ← W^l − lr · δ^l (a^{l−1})^T.
+            blas.matmul(delta.T, inputs[l], out=W, alpha=-lr, beta=1.0)
+            blas.axpby(-lr, db, 1.0, b)
             if l > 0:
-                # EqA2.1: δ^{l−1} = ((W^l)^T δ^l) ⊙ σ'(z^{l−1}), σ' = a^{l−1}(1 − a^{l−1}).
-                delta = ops.sigmoid_backward(delta @ self.weights[l], a_prev)
-        return grads
+                delta = self._ops.sigmoid_backward(grad_a, inputs[l], out=grad_a,
+                                                   bias_grad=work.grads[l - 1][1])
+        return loss
+
+    def _loss_and_delta(self, X, targets):
+        """The forward pass into this batch size's workspace, then the loss and, over the
+        logits, δ^L = dL/dz^L with dL/db^L = Σ_batch δ^L. Returns (workspace, loss, δ^L)."""
+        batch = X.shape[0]
+        work = self._workspace(batch)
+        logits = self._forward_into(X, work)
+        # EqA1.1: dL/dz^L = (P − Y)/B for the batch-mean loss, fused with the loss itself.
+        loss, delta = self._ops.softmax_cross_entropy(logits, targets, 1.0 / batch,
+                                                      reduction="mean", out=logits)
+        delta.sum(axis=0, out=work.grads[-1][1])
+        return work, loss, delta
+
+    def _forward_into(self, X, work):
+        """a^1..a^{L−1} into ``work.activations`` and z^L into ``work.logits``; returns z^L."""
+        a = X
+        for W, b, out in zip(self.weights[:-1], self.biases[:-1], work.activations):
+            a = self._ops.bias_sigmoid(self._matmul(a, W.T, out=out), b, out=out)
+        logits = self._matmul(a, self.weights[-1].T, out=work.logits)
+        logits += self.biases[-1]
+        return logits
+
+    def _backward_into(self, X, work, delta):
+        """Backpropagate delta = dL/dz^L (B, C) through every layer; returns [(dW, db)]
+        (dL/db^L already summed by :meth:`_loss_and_delta`)."""
+        inputs = [X] + work.activations  # a^0 .. a^{L−1}
+        for l in reversed(range(len(self.weights))):
+            dW, _ = work.grads[l]
+            # EqA1: dL/dW^l = δ^l (a^{l−1})^T, summed over the batch: (n_l, n_{l−1}).
+            self._matmul(delta.T, inputs[l], out=dW)
+            if l > 0:
+                # EqA2.1: δ^{l−1} = ((W^l)^T δ^l) ⊙ σ'(z^{l−1}), σ' = a^{l−1}(1 − a^{l−1}),
+                # with dL/db^{l−1} = Σ_batch δ^{l−1} in the same pass.
+                grad_a = self._matmul(delta, self.weights[l], out=work.deltas[l - 1])
+                delta = self._ops.sigmoid_backward(grad_a, inputs[l], out=grad_a,
+                                                   bias_grad=work.grads[l - 1][1])
+        return work.grads
+
+    def _workspace(self, batch: int) -> "_Workspace":
+        work = self._workspaces.pop(batch, None) or _Workspace(self, batch)
+        self._workspaces[batch] = work  # most recently used last
+        while len(self._workspaces) > WORKSPACES:
+            self._workspaces.popitem(last=False)
+        return work
 
     # ---- parameters ------------------------------------------------------------------
 
@@ -165,18 +236,31 @@ class MLP:
         """``y`` checked and converted: int64 labels (B,) or target rows (B, C) on the backend."""
         return check_targets(y, n_rows, self.layer_sizes[-1], self.backend, self.dtype, name)
 
-    def _forward(self, X):
-        """The activations a^0 = X, ..., a^{L−1} and the logits z^L, for a batch X."""
-        activations = [X]
-        for W, b in zip(self.weights[:-1], self.biases[:-1]):
-            activations.append(ops.sigmoid(activations[-1] @ W.T + b))
-        return activations, activations[-1] @ self.weights[-1].T + self.biases[-1]
-
     def _logits(self, X):
-        return self._forward(X)[1]
+        """The logits z^L for a batch X (B, n_in), in fresh arrays."""
+        a = X
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            z = a @ W.T
+            a = self._ops.bias_sigmoid(z, b, out=z)
+        return a @ self.weights[-1].T + self.biases[-1]
 
     def _logits_in_chunks(self, X):
         """z^L for X, EVAL_CHUNK rows at a time, so hidden activations stay bounded."""
         return self.backend.xp.concatenate(
             [self._logits(X[i:i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)])
 
+
+
+class _Workspace:
+    """A training step's buffers for one batch size B, reused from step to step.
+
+    activations: a^1..a^{L−1}, (B, n_l); logits: z^L (B, C), overwritten by dL/dz^L;
+    deltas: dL/da^l, then δ^l in place, (B, n_l); grads: [(dW^l, db^l)] like the weights.
+    """
+
+    def __init__(self, net: MLP, batch: int):
+        xp, dtype, hidden = net.backend.xp, net.dtype, net.layer_sizes[1:-1]
+        self.activations = [xp.empty((batch, n), dtype) for n in hidden]
+        self.deltas = [xp.empty((batch, n), dtype) for n in hidden]
+        self.logits = xp.empty((batch, net.layer_sizes[-1]), dtype)
+        self.grads = [(xp.empty_like(W), xp.empty_like(b)) for W, b in zip(net.weights, net.biases)]

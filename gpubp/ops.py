@@ -1,14 +1,19 @@
 """The network's elementwise and row-wise math, written once against ``xp``.
 
-These are the reference implementations, for NumPy and CuPy alike. The fused CUDA
-kernels planned for ``kernels/`` will compute the same functions with the same
-signatures and be tested against these.
-Shapes: B rows (the batch), C columns (classes or units).
+These are the reference implementations: the NumPy backend runs them, and each CUDA
+kernel in ``gpubp.cuda_kernels`` has the signature of its function here and is tested
+against it. They reuse ``out`` buffers and stay in the arrays' dtype, so a training step
+allocates little. Shapes: B rows (the batch), C columns (classes or units).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from gpubp.backend import array_module
+from gpubp.errors import DataError
+
+REDUCTIONS = ("none", "mean")
 
 
 def sigmoid(z):
@@ -23,12 +28,36 @@ def sigmoid(z):
     return xp.where(z >= 0, r, e * r).astype(z.dtype, copy=False)
 
 
-def sigmoid_backward(grad_a, a):
+def bias_sigmoid(z, bias, out=None):
+    """a = σ(z + b), the hidden layer's activation. z: (B, C); bias: (C,); returns (B, C).
+
+    ``out`` (B, C) receives the result and may be ``z`` itself. Computed as 1/(1 + e^(−x))
+    in four in-place passes; where e^(−x) overflows (x < −88.7 in float32) the result is
+    0, within one subnormal of σ(x).
+    """
+    xp = array_module(z)
+    out = xp.add(z, bias, out=out)
+    with np.errstate(over="ignore"):
+        xp.negative(out, out=out)
+        xp.exp(out, out=out)
+    out += 1
+    return xp.reciprocal(out, out=out)
+
+
+def sigmoid_backward(grad_a, a, out=None, bias_grad=None):
     """δ = g ⊙ σ'(z) with σ'(z) = a (1 − a) taken from the stored activation (EqA2.1).
 
-    grad_a: (B, C), the gradient with respect to a = σ(z); a: (B, C). Returns (B, C).
+    grad_a: (B, C), the gradient with respect to a = σ(z); a: (B, C). Returns δ (B, C),
+    written into ``out`` when given (it may be ``grad_a``). With ``bias_grad`` (C,), also
+    writes dL/db = Σ_rows δ there (EqA1's bias term), which the CUDA kernel fuses.
     """
-    return grad_a * a * (1 - a)
+    xp = array_module(a)
+    slope = xp.subtract(1, a)
+    slope *= a
+    delta = xp.multiply(grad_a, slope, out=out)
+    if bias_grad is not None:
+        delta.sum(axis=0, out=bias_grad)
+    return delta
 
 
 def log_softmax(logits):
@@ -43,28 +72,89 @@ def softmax(logits):
     return array_module(logits).exp(log_softmax(logits))
 
 
-def softmax_cross_entropy(logits, targets, scale=1.0):
+def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, reduction="none",
+                          out=None, grad=True):
     """Per-row cross-entropy of softmax(logits) and its gradient, in one pass over the row.
 
     Args:
-        logits: z^L, (B, C).
+        logits: z^L, (B, C), float32 or float64. −inf is allowed where a row has a
+            finite logit.
         targets: integer labels (B,) or target rows (B, C) that each sum to 1.
         scale: multiplies the gradient; 1/B makes it the gradient of the batch mean.
+        ignore_index: with labels, rows whose label equals it count for nothing: zero
+            loss, zero gradient, left out of the mean.
+        reduction: "none" for the loss of every row, "mean" for their mean over the
+            counted rows (0 when no row counts).
+        out: (B, C) buffer for the gradient; it may be ``logits`` itself.
+        grad: False to compute the loss alone (the gradient is then None).
 
     Returns:
-        loss_rows: (B,), L = −Σ_j y_j log p_j for each row.
-        grad: (B, C), dL/dz^L = (P − Y) · scale (EqA1.1).
+        (loss, grad): loss (B,) per row (L = −Σ_j y_j log p_j) or a 0-d mean, in the
+        logits' dtype; grad (B, C) = (P − Y)·scale (EqA1.1), zero on ignored rows.
+
+    Raises:
+        DataError: a label outside [0, C) that is not ``ignore_index``.
     """
     xp = array_module(logits)
-    log_p = log_softmax(logits)
-    grad = xp.exp(log_p)
+    check_cross_entropy_args(logits, targets, ignore_index, reduction, out)
+    batch, n_classes = logits.shape
+    counted = None
+    if targets.ndim == 1 and ignore_index is not None:
+        counted = targets != ignore_index
+        targets = xp.where(counted, targets, 0)
+    if targets.ndim == 1 and batch and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+        raise DataError(f"targets: labels must lie in [0, {n_classes}) or equal ignore_index; "
+                        f"got labels in [{int(targets.min())}, {int(targets.max())}]")
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum = xp.log(xp.exp(shifted).sum(axis=1))
+    rows = xp.arange(batch)
     if targets.ndim == 1:
-        rows = xp.arange(logits.shape[0])
-        loss_rows = -log_p[rows, targets]
-        grad[rows, targets] -= 1
+        loss_rows = log_sum - shifted[rows, targets]
     else:
         # 0 · log p is taken as 0, so a class with zero target never yields NaN.
-        loss_rows = -xp.where(targets != 0, targets * log_p, 0).sum(axis=1)
-        grad -= targets
-    grad *= scale
-    return loss_rows, grad
+        weighted = xp.where(targets != 0, targets * shifted, 0)
+        loss_rows = log_sum * targets.sum(axis=1) - weighted.sum(axis=1)
+    loss_rows = loss_rows.astype(logits.dtype, copy=False)
+
+    g = None
+    if grad:
+        shifted -= log_sum[:, None]
+        g = xp.exp(shifted, out=shifted if out is None else out)
+        if targets.ndim == 1:
+            g[rows, targets] -= 1
+        else:
+            g -= targets
+        g *= scale
+        if counted is not None:
+            g *= counted[:, None]
+    if counted is not None:
+        loss_rows *= counted
+    if reduction == "mean":
+        n_counted = batch if counted is None else int(counted.sum())
+        loss = (loss_rows.sum(dtype=np.float64) / max(n_counted, 1)).astype(logits.dtype)
+        return loss, g
+    return loss_rows, g
+
+
+def check_cross_entropy_args(logits, targets, ignore_index, reduction, out) -> None:
+    """The argument checks shared by the reference and the CUDA kernel."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected a (B, C) array, got shape {logits.shape}")
+    if logits.dtype not in (np.float32, np.float64):
+        raise TypeError(f"logits: expected float32 or float64, got {logits.dtype}")
+    batch, n_classes = logits.shape
+    if targets.ndim == 1:
+        if targets.shape[0] != batch or targets.dtype.kind not in "iu":
+            raise ValueError(f"targets: expected ({batch},) integer labels, "
+                             f"got shape {targets.shape} of {targets.dtype}")
+    elif targets.shape != logits.shape:
+        raise ValueError(f"targets: expected ({batch},) labels or ({batch}, {n_classes}) "
+                         f"rows, got shape {targets.shape}")
+    elif ignore_index is not None:
+        raise ValueError("ignore_index: applies to integer labels, not to target rows")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    if out is not None and (out.shape != logits.shape or out.dtype != logits.dtype):
+        raise ValueError(f"out: expected shape {logits.shape} and dtype {logits.dtype}, "
+                         f"got {out.shape} and {out.dtype}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpubp import blas
+from gpubp.backend import array_module, is_device_array
 from gpubp.validation import check_float
 
 
@@ -26,23 +28,52 @@ class SGD:
             raise ValueError("nesterov: needs momentum > 0")
         self.nesterov = nesterov
         self.velocity = None  # one buffer per parameter, made on the first step
+        self._scratch = None
 
     def step(self, params, grads) -> None:
-        """Update ``params`` (and the momentum buffers) in place. grads: same shapes; unchanged."""
+        """Update ``params`` (and the momentum buffers) in place. grads: same shapes; unchanged.
+
+        On NumPy the updates are in place (one pass each with MKL, see gpubp.blas), with a
+        scratch buffer per parameter for weight decay and Nesterov; on CuPy each parameter
+        takes one fused kernel.
+        """
         if self.momentum and self.velocity is None:
             self.velocity = [None] * len(params)
+        if self._scratch is None or len(self._scratch) != len(params):
+            self._scratch = [None] * len(params)
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            if is_device_array(p):
+                self._step_on_device(i, p, g)
+                continue
+            xp = array_module(p)
+            scratch = self._scratch[i]
+            if (self.weight_decay or self.nesterov) and (
+                    scratch is None or scratch.shape != p.shape or scratch.dtype != p.dtype):
+                scratch = self._scratch[i] = xp.empty_like(p)
             if self.weight_decay:
-                g = g + self.weight_decay * p
+                xp.multiply(p, self.weight_decay, out=scratch)
+                g = xp.add(scratch, g, out=scratch)
             if self.momentum:
                 v = self.velocity[i]
                 if v is None:
                     v = self.velocity[i] = g.copy()
                 else:
-                    v *= self.momentum
-                    v += g
-                g = g + self.momentum * v if self.nesterov else v
-            p -= self.lr * g
+                    blas.axpby(1.0, g, self.momentum, v)  # v ← g + momentum·v
+                if self.nesterov:
+                    g = xp.add(g, xp.multiply(v, self.momentum), out=scratch)
+                else:
+                    g = v
+            blas.axpby(-self.lr, g, 1.0, p)  # p ← p − lr·g
+
+    def _step_on_device(self, i, p, g) -> None:
+        """The same rule for one CuPy parameter, in one fused elementwise kernel."""
+        from gpubp.cuda_kernels import sgd_update
+
+        first = self.momentum and self.velocity[i] is None
+        if first:
+            self.velocity[i] = array_module(p).empty_like(p)
+        sgd_update(p, g, self.velocity[i] if self.momentum else None, self.lr, self.momentum,
+                   self.weight_decay, self.nesterov, first)
 
     def reset(self) -> None:
         """Forget the momentum buffers."""
@@ -51,3 +82,4 @@ class SGD:
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")
+

@@ -51,14 +51,10 @@ def load_mlp(path, *, backend="auto"):
     from gpubp.network import MLP
 
     path = Path(path)
-    data = path.read_bytes()
     try:
-        header, tensors = _read_header(data), safetensors_load(data)
-    except (SafetensorError, ValueError, OverflowError) as e:
+        metadata, tensors = read_safetensors(path.read_bytes())
+    except ValueError as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from e
-    metadata = header.get("__metadata__")
-    if not isinstance(metadata, dict):
-        metadata = {}
     if metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a gpubp model (format {metadata.get('format')!r})")
     if metadata.get("version") != VERSION:
@@ -66,7 +62,7 @@ def load_mlp(path, *, backend="auto"):
     try:
         sizes = check_layer_sizes(json.loads(metadata["layer_sizes"]))
         dtype = check_dtype(metadata["dtype"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise ModelFileError(f"{path}: bad model metadata ({e})") from e
 
     # Check the tensors against the metadata before allocating anything it claims.
@@ -90,6 +86,25 @@ def load_mlp(path, *, backend="auto"):
     for p, name in zip(net.parameters(), expected):
         p[...] = net.backend.asarray(tensors[name])
     return net
+
+
+def read_safetensors(data: bytes) -> tuple[dict, dict]:
+    """(metadata, tensors) of the bytes of a safetensors file; NumPy arrays, no pickle.
+
+    The arrays are views of ``data``'s size at most: safetensors checks every tensor's
+    offsets against the buffer before making it. ``metadata`` is ``{}`` when absent.
+
+    Raises:
+        ValueError: anything unreadable (bad header, offsets, JSON, or a dtype NumPy lacks).
+    """
+    try:
+        tensors = safetensors_load(data)
+        header = _read_header(data)
+    except (SafetensorError, KeyError, OverflowError, RecursionError) as e:
+        # KeyError: a dtype NumPy has no name for (BF16); RecursionError: deep JSON.
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    metadata = header.get("__metadata__")
+    return (metadata if isinstance(metadata, dict) else {}), tensors
 
 
 def _read_header(data: bytes) -> dict:

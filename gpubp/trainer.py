@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from gpubp import blas, checkpoint
 from gpubp.datasets.preprocessing import stratified_indices
-from gpubp.errors import DivergenceError
+from gpubp.errors import CheckpointError, DivergenceError, TrainingInterrupted
+from gpubp.interrupts import stop_requests
 from gpubp.network import MLP
+from gpubp.optim import SGD
 from gpubp.schedules import ConstantLR
+from gpubp.training_state import TrainingState, data_fingerprint, parse_every
 from gpubp.validation import check_float, check_int
+
+log = logging.getLogger("gpubp")
 
 
 class History:
@@ -85,21 +94,37 @@ class Trainer:
         self.progress = bool(progress)
         self.on_epoch = on_epoch
 
-    def fit(self, X, y, validation=None) -> History:
+    def fit(self, X, y, validation=None, *, checkpoint_dir=None, checkpoint_every=None,
+            resume: bool = False, keep_last: int = 3) -> History:
         """Train on (X, y). Returns the :class:`History`.
 
         Args:
             X: (N, n_in) features. y: labels (N,) or target rows (N, C).
             validation: (X_val, y_val), or a fraction in (0, 1) of the training rows to
                 hold out (stratified by class), or None.
+            checkpoint_dir: a directory for checkpoints of the full training state
+                (see gpubp.checkpoint). With it, SIGINT and SIGTERM stop training at the
+                next batch boundary with a final checkpoint (TrainingInterrupted).
+            checkpoint_every: an int N (every N epochs) or a string "Nsteps"/"Nepochs";
+                one epoch by default. A final checkpoint is written when training ends.
+            resume: continue from the newest complete checkpoint in ``checkpoint_dir``,
+                exactly as the run would have gone on. The network, data, batch size,
+                seed, optimizer and schedule must match the checkpoint's; ``epochs`` may
+                differ: the new target applies to the epochs that start after resuming.
+            keep_last: how many checkpoints to keep; older ones are deleted.
 
         Raises:
             ValueError/TypeError: bad data or arguments, before anything changes.
             DivergenceError: the training loss became NaN or Inf; the network keeps the
                 last weights whose loss was seen finite (the start of that epoch or of the
                 one before), and the optimizer's momentum is reset.
+            CheckpointError: ``resume`` found no checkpoint that loads, or one of a
+                different run (CheckpointMismatchError).
+            TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
         """
         net = self.net
+        every = self._check_checkpoint_arguments(checkpoint_dir, checkpoint_every, resume,
+                                                 keep_last)
         X = net.prepare_features(X)
         targets = net.prepare_targets(y, X.shape[0])
         shuffle_seed, split_seed = np.random.SeedSequence(self.seed).spawn(2)
@@ -108,67 +133,133 @@ class Trainer:
             raise ValueError("patience: early stopping needs validation data")
 
         rng = np.random.default_rng(shuffle_seed)
-        n = X.shape[0]
         base_lr = self.optimizer.lr
-        history, best_loss, best_state, waited = History(), math.inf, None, 0
-        previous_start = None  # weights at the start of the previous epoch
+        run = TrainingState(history=History(), rng_state=rng.bit_generator.state)
+        saver = None
+        if checkpoint_dir is not None:
+            saver = _Saver(self, checkpoint_dir, every, keep_last,
+                           self._run_config(X, targets, X_val, t_val))
+            if resume:
+                run = saver.resume()
+            saver.check_fresh(resume)
+        history = run.history
         try:
-            for epoch in range(self.epochs):
-                self.optimizer.lr = base_lr * self.schedule.factor(epoch, self.epochs)
-                start = net.state()
-                started = time.perf_counter()
-                train_loss, first_loss = self._run_epoch(X, targets, rng, epoch)
-                wall_time = time.perf_counter() - started  # float() above synchronized
-                if not math.isfinite(train_loss):
-                    self._recover(epoch, train_loss, first_loss, start, previous_start)
-                previous_start = start
-                record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "train_loss": train_loss,
-                          "val_loss": None, "val_accuracy": None, "wall_time": wall_time,
-                          "samples_per_s": n / wall_time}
-                if X_val is not None:
-                    metrics = net.evaluate_prepared(X_val, t_val)
-                    record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
-                history.records.append(record)
-                if self.on_epoch is not None:
-                    self.on_epoch(record)
-                if self.patience is None:
-                    continue
-                if record["val_loss"] < best_loss - self.min_delta:
-                    best_loss, best_state, waited = record["val_loss"], net.state(), 0
-                    history.best_epoch = epoch + 1
-                else:
-                    waited += 1
-                    if waited >= self.patience:
-                        history.stopped_early = True
-                        break
+            with stop_requests(enabled=saver is not None) as stop:
+                while run.epoch < self.epochs and not history.stopped_early:
+                    self._train_epoch(X, targets, X_val, t_val, rng, run, base_lr, saver, stop)
+                    if saver is not None:
+                        saver.after_epoch(run, stop)
+                if saver is not None:
+                    saver.save(run)  # the final state, unless just saved
         finally:
             self.optimizer.lr = base_lr
-        if best_state is not None:
-            net.load_state(best_state)
+        if run.best_state is not None:
+            net.load_state(run.best_state)
         return history
 
-    def _run_epoch(self, X, targets, rng, epoch):
-        """One pass over shuffled minibatches.
+    def _train_epoch(self, X, targets, X_val, t_val, rng, run, base_lr, saver, stop):
+        """Run (the rest of) epoch ``run.epoch``, record it, and update early stopping."""
+        net, n, epoch = self.net, X.shape[0], run.epoch
+        if run.batch == 0:
+            run.lr = base_lr * self.schedule.factor(epoch, self.epochs)
+            run.epoch_start = net.state()
+            run.loss_sum = net.backend.xp.zeros((), dtype=np.float64)  # stays on the device
+            run.first_loss, run.elapsed = None, 0.0
+        self.optimizer.lr = run.lr
+        rng.bit_generator.state = run.rng_state  # the permutation is redrawn on resume
+        clock = time.perf_counter() - run.elapsed
 
-        Returns (mean training loss, loss of the first batch), as floats: the first batch's
-        loss is the only one computed with the weights the epoch started from.
+        def after_step():
+            run.batch += 1
+            run.step += 1
+            if saver is not None:
+                run.elapsed = time.perf_counter() - clock
+                saver.after_step(run, stop)
+
+        self._run_epoch(X, targets, rng, run, after_step)
+        train_loss = float(run.loss_sum) / n
+        wall_time = time.perf_counter() - clock  # float() above synchronized
+        if not math.isfinite(train_loss):
+            self._recover(epoch, train_loss, float(run.first_loss), run.epoch_start,
+                          run.previous_start)
+        run.previous_start, run.epoch_start = run.epoch_start, None
+        record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "train_loss": train_loss,
+                  "val_loss": None, "val_accuracy": None, "wall_time": wall_time,
+                  "samples_per_s": n / wall_time}
+        if X_val is not None:
+            metrics = net.evaluate_prepared(X_val, t_val)
+            record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+        history = run.history
+        history.records.append(record)
+        run.epoch, run.batch, run.rng_state = epoch + 1, 0, rng.bit_generator.state
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        if self.patience is None:
+            return
+        if record["val_loss"] < run.best_loss - self.min_delta:
+            run.best_loss, run.best_state, run.waited = record["val_loss"], net.state(), 0
+            history.best_epoch = epoch + 1
+        else:
+            run.waited += 1
+            if run.waited >= self.patience:
+                history.stopped_early = True
+
+    def _run_epoch(self, X, targets, rng, run, after_step):
+        """One pass over shuffled minibatches, from batch ``run.batch`` on.
+
+        Adds Σ loss × rows to ``run.loss_sum`` (on the device) and keeps the loss of the
+        epoch's first batch in ``run.first_loss``: the only one computed with the
+        weights the epoch started from. ``after_step()`` runs after every step.
         """
-        net, xp, n = self.net, self.net.backend.xp, X.shape[0]
+        net, n = self.net, X.shape[0]
         order = net.backend.asarray(rng.permutation(n))
-        loss_sum = xp.zeros((), dtype=np.float64)  # stays on the device until the end
-        first_loss = None
         params = net.parameters()
-        starts = range(0, n, self.batch_size)
-        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                   disable=None if self.progress else True)
+        starts = range(run.batch * self.batch_size, n, self.batch_size)
+        bar = tqdm(starts, desc=f"epoch {run.epoch + 1}/{self.epochs}", unit="batch",
+                   leave=False, disable=None if self.progress else True)
+        fused = self._fused_sgd()
         for i in bar:
             rows = order[i:i + self.batch_size]
-            loss, grads = net.loss_and_grads_prepared(X[rows], targets[rows])
-            self.optimizer.step(params, [g for pair in grads for g in pair])
-            loss_sum += loss * rows.shape[0]
-            if first_loss is None:
-                first_loss = loss
-        return float(loss_sum) / n, float(first_loss)
+            if fused:
+                loss = net.sgd_step_prepared(X[rows], targets[rows], self.optimizer.lr)
+            else:
+                loss, grads = net.loss_and_grads_prepared(X[rows], targets[rows])
+                self.optimizer.step(params, [g for pair in grads for g in pair])
+            run.loss_sum += loss * rows.shape[0]
+            if run.first_loss is None:
+                run.first_loss = loss
+            after_step()
+
+    def _fused_sgd(self) -> bool:
+        """Plain SGD on NumPy with MKL: the update rides on the gradient GEMM (one pass
+        fewer over every weight); any other optimizer takes its own step."""
+        opt = self.optimizer
+        return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
+                and not self.net.backend.is_gpu and blas.has_mkl())
+
+    def _check_checkpoint_arguments(self, checkpoint_dir, checkpoint_every, resume, keep_last):
+        """(count, unit) of ``checkpoint_every``; raises for bad checkpoint arguments."""
+        if not isinstance(resume, bool):
+            raise TypeError(f"resume: expected a bool, got {resume!r}")
+        check_int(keep_last, "keep_last")
+        if checkpoint_dir is None:
+            if resume or checkpoint_every is not None:
+                raise ValueError("checkpoint_dir: needed for resume and checkpoint_every")
+            return None
+        if not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir: expected a path, got {checkpoint_dir!r}")
+        return parse_every(checkpoint_every)
+
+    def _run_config(self, X, targets, X_val, t_val) -> dict:
+        """What a checkpoint must agree with to be resumed by this run."""
+        return {
+            "layer_sizes": list(self.net.layer_sizes), "dtype": self.net.dtype.name,
+            "batch_size": self.batch_size, "seed": self.seed,
+            "optimizer": repr(self.optimizer), "schedule": repr(self.schedule),
+            "patience": self.patience, "min_delta": self.min_delta,
+            "n_rows": int(X.shape[0]), "n_val_rows": None if X_val is None else int(X_val.shape[0]),
+            "data_sha256": data_fingerprint(X, targets, X_val, t_val),
+        }
 
     def _recover(self, epoch, train_loss, first_loss, start, previous_start):
         """Restore the last weights whose loss was seen finite, and raise DivergenceError.
@@ -211,3 +302,86 @@ class Trainer:
                                         name="validation")
         train, val = net.backend.asarray(train), net.backend.asarray(val)
         return X[train], targets[train], X[val], targets[val]
+
+
+class _Saver:
+    """One fit run's checkpoints in ``directory``: when to write them, and resuming."""
+
+    def __init__(self, trainer: Trainer, directory, every, keep_last: int, config: dict):
+        self.trainer, self.directory = trainer, Path(directory)
+        self.count, self.unit = every
+        self.keep_last, self.config = keep_last, config
+        self.saved_at, self.path = None, None  # (epoch, batch, step) written or loaded
+
+    def check_fresh(self, resume: bool) -> None:
+        """A fresh run must not mix its checkpoints with an older run's."""
+        if not resume and checkpoint.list_checkpoints(self.directory):
+            raise ValueError(f"checkpoint_dir: {self.directory} already holds checkpoints; "
+                             "pass resume=True to continue that run, or use an empty directory")
+
+    def resume(self) -> TrainingState:
+        """Load the newest checkpoint that reads into the network and optimizer."""
+        trainer = self.trainer
+
+        def accept(path, tensors, state):
+            return TrainingState.from_checkpoint(path, tensors, state, trainer.net, self.config,
+                                                 trainer.epochs, History)
+
+        found = checkpoint.load_latest(self.directory, accept)
+        if found is None:
+            raise CheckpointError(f"resume: no complete checkpoint in {self.directory}")
+        self.path, _, _, (run, arrays) = found
+        trainer.net.load_state(arrays["param"])
+        if hasattr(trainer.optimizer, "velocity"):
+            trainer.optimizer.velocity = arrays.get("velocity")
+        self.saved_at = (run.epoch, run.batch, run.step)
+        log.info("gpubp: resuming from %s (epoch %d, batch %d, step %d)", self.path,
+                 run.epoch + 1, run.batch, run.step)
+        return run
+
+    def after_step(self, run: TrainingState, stop) -> None:
+        if self.unit == "steps" and run.step % self.count == 0:
+            self.save(run)
+        if stop:
+            self.interrupt(run, stop)
+
+    def after_epoch(self, run: TrainingState, stop) -> None:
+        if self.unit == "epochs" and run.epoch % self.count == 0:
+            self.save(run)
+        if stop:
+            self.interrupt(run, stop)
+
+    def save(self, run: TrainingState) -> Path:
+        """Write ``run`` unless it is the state last written or loaded, or not finite.
+
+        A run that is diverging mid-epoch is not written: its checkpoint could not be
+        resumed, and rotation would delete the good ones. Returns the newest path.
+        """
+        if self.saved_at == (run.epoch, run.batch, run.step):
+            return self.path
+        trainer = self.trainer
+        xp = trainer.net.backend.xp
+        finite = all(bool(xp.isfinite(p).all()) for p in trainer.net.parameters())
+        if not finite or (run.batch and not math.isfinite(float(run.loss_sum))):
+            log.warning("gpubp: not writing a checkpoint at step %d: the weights or the "
+                        "loss are not finite", run.step)
+            return self.path
+        tensors, state = run.to_checkpoint(trainer.net, trainer.optimizer, self.config,
+                                           trainer.epochs)
+        self.path = checkpoint.write_checkpoint(self.directory, run.step, tensors, state,
+                                                keep_last=self.keep_last)
+        self.saved_at = (run.epoch, run.batch, run.step)
+        return self.path
+
+    def interrupt(self, run: TrainingState, stop) -> None:
+        """Checkpoint, then raise TrainingInterrupted saying how to resume."""
+        path = self.save(run)
+        saved = (f"checkpoint written to {path}" if self.saved_at == (run.epoch, run.batch,
+                                                                       run.step)
+                 else f"the newest checkpoint is {path}")
+        raise TrainingInterrupted(
+            f"training stopped by {stop.name} in epoch {run.epoch + (run.batch > 0)} after "
+            f"step {run.step}; {saved}. Resume with "
+            f"`gpubp train --resume {self.directory}`, or in Python with "
+            f"Trainer.fit(..., checkpoint_dir={str(self.directory)!r}, resume=True).",
+            path=path, signal_name=stop.name, exit_code=stop.exit_code, history=run.history)

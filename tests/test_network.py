@@ -107,3 +107,32 @@ def test_repr_and_parameter_count():
     net = gpubp.MLP((784, 800, 10), backend="numpy", seed=0)
     assert repr(net) == "MLP(layer_sizes=(784, 800, 10), backend='numpy', dtype='float32')"
     assert net.n_parameters == 784 * 800 + 800 + 800 * 10 + 10
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_fused_sgd_step_equals_gradients_then_sgd(rng, dtype, rtol):
+    sizes = (12, 9, 7, 4)
+    fused = gpubp.MLP(sizes, backend="numpy", dtype=dtype, seed=5)
+    plain = gpubp.MLP(sizes, backend="numpy", dtype=dtype, seed=5)
+    optimizer = gpubp.SGD(0.3)
+    for _ in range(3):
+        X = fused.prepare_features(rng.normal(size=(16, 12)))
+        y = fused.prepare_targets(rng.integers(0, 4, 16), 16)
+        fused_loss = fused.sgd_step_prepared(X, y, 0.3)
+        loss, grads = plain.loss_and_grads_prepared(X, y)
+        optimizer.step(plain.parameters(), [g for pair in grads for g in pair])
+        assert float(fused_loss) == pytest.approx(float(loss), rel=rtol)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol)
+
+
+def test_the_trainer_fuses_plain_sgd_only(monkeypatch):
+    from gpubp import blas
+
+    net = gpubp.MLP((4, 3, 2), backend="numpy", seed=0)
+    monkeypatch.setattr(blas, "has_mkl", lambda: True)
+    assert gpubp.Trainer(net, gpubp.SGD(0.1))._fused_sgd()
+    assert not gpubp.Trainer(net, gpubp.SGD(0.1, momentum=0.9))._fused_sgd()
+    assert not gpubp.Trainer(net, gpubp.SGD(0.1, weight_decay=1e-4))._fused_sgd()
+    monkeypatch.setattr(blas, "has_mkl", lambda: False)
+    assert not gpubp.Trainer(net, gpubp.SGD(0.1))._fused_sgd()

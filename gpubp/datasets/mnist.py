@@ -72,8 +72,11 @@ def load_mnist(data_dir=None, *, download: bool = True, mirrors=None) -> Dataset
 
 
 def _images_and_labels(images: np.ndarray, labels: np.ndarray):
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or not len(labels):
         raise DataError(f"MNIST: images {images.shape} and labels {labels.shape} do not pair")
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"MNIST: images ({images.dtype}) and labels ({labels.dtype}) must be "
+                        "unsigned bytes")
     if labels.max() > 9:
         raise DataError(f"MNIST: label {labels.max()} out of range 0..9")
     X = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)

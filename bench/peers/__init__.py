@@ -1,0 +1,77 @@
+"""The peers that bench.compare trains side by side, by name.
+
+Every peer module has two functions:
+
+- ``check(**options) -> dict``: imports what the peer needs and returns its versions;
+  raises ImportError or :class:`PeerUnavailable` (with the reason) where it cannot run.
+- ``run(X, y, point, **options) -> dict``: trains ``point["warmup"]`` untimed epochs, then
+  ``point["repeats"]`` timed ones, and returns ``{"epoch_s": [seconds per timed epoch],
+  "device_peak_bytes": int or None, ...}``.
+
+An epoch is the same work for every peer: a fresh permutation of the N rows, then for
+each batch of B rows: gather, forward, softmax cross-entropy loss, backward, and a plain
+SGD update (no momentum, no weight decay). ``point`` is a dict with ``sizes`` (layer
+sizes, n_in first), ``batch_size``, ``lr``, ``seed``, ``warmup``, ``repeats``, ``threads``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class PeerUnavailable(RuntimeError):
+    """The peer cannot run here (no device, a compiler that fails, ...); the message says why."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One contestant: where its code lives, the device it runs on, and its options.
+
+    ``reference`` names the gpubp peer its ratio is taken against; ``env`` is set in the
+    worker's environment before anything is imported (e.g. CUPY_TF32).
+    """
+
+    name: str
+    module: str
+    device: str  # "cpu" or "cuda"
+    reference: str
+    options: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    default: bool = True  # run when no --peers are named
+
+
+PEERS = {p.name: p for p in (
+    Peer("gpubp-numpy", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy", {"backend": "numpy"}),
+    # gpubp on NumPy's own BLAS (OpenBLAS in its wheels) instead of MKL: what a plain
+    # `pip install gpubp` gets; a row of its own, ratio still against gpubp-numpy.
+    Peer("gpubp-numpy-openblas", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy",
+         {"backend": "numpy"}, {"GPUBP_BLAS": "numpy"}),
+    Peer("torch-eager-cpu", "bench.peers.torch_peer", "cpu", "gpubp-numpy", {"device": "cpu"}),
+    Peer("torch-compile-cpu", "bench.peers.torch_peer", "cpu", "gpubp-numpy",
+         {"device": "cpu", "compile": True}),
+    Peer("sklearn", "bench.peers.sklearn_peer", "cpu", "gpubp-numpy"),
+    Peer("naive-numpy", "bench.peers.naive_peer", "cpu", "gpubp-numpy"),
+    Peer("gpubp-cupy", "bench.peers.gpubp_peer", "cuda", "gpubp-cupy", {"backend": "cupy"}),
+    Peer("torch-eager-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy", {"device": "cuda"}),
+    Peer("torch-compile-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy",
+         {"device": "cuda", "compile": True}),
+    # TF32 matmuls (10-bit mantissa inputs): a separately labelled row, only when asked for.
+    Peer("gpubp-cupy-tf32", "bench.peers.gpubp_peer", "cuda", "gpubp-cupy-tf32",
+         {"backend": "cupy"}, {"CUPY_TF32": "1"}, default=False),
+    Peer("torch-eager-cuda-tf32", "bench.peers.torch_peer", "cuda", "gpubp-cupy-tf32",
+         {"device": "cuda", "tf32": True}, default=False),
+)}
+
+
+def select(names=None, device: str = "all") -> list[Peer]:
+    """The peers named (all defaults when None), keeping those on ``device`` (cpu|cuda|all)."""
+    if names is None:
+        chosen = [p for p in PEERS.values() if p.default]
+    else:
+        unknown = [n for n in names if n not in PEERS]
+        if unknown:
+            raise ValueError(f"peers: unknown {unknown}; known: {list(PEERS)}")
+        chosen = [PEERS[n] for n in names]
+    if device not in ("cpu", "cuda", "all"):
+        raise ValueError(f"device: expected cpu, cuda or all, got {device!r}")
+    return [p for p in chosen if device == "all" or p.device == device]

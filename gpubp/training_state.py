@@ -1,0 +1,253 @@
+"""Where a :meth:`Trainer.fit` run stands, and its round trip through a checkpoint.
+
+The state is everything needed to continue a run exactly as it would have gone:
+weights and biases, the optimizer's momentum buffers, the epoch/batch/step counters,
+the epoch's learning rate, the shuffle RNG's state before the epoch's permutation
+(so a mid-epoch resume redraws the same order and skips the batches done), the
+partial epoch's loss sum, the history, and the early-stopping state.
+
+Tensors in a checkpoint are named ``{group}.{i}``, i over [W1, b1, ..., WL, bL]:
+``param``, ``velocity`` (momentum), ``best`` (early stopping), ``epoch_start`` and
+``previous_start`` (the weights divergence recovery falls back to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+
+import numpy as np
+
+from gpubp.backend import to_numpy
+from gpubp.errors import CheckpointError, CheckpointMismatchError
+
+GROUPS = ("param", "velocity", "best", "epoch_start", "previous_start")
+EVERY = re.compile(r"\s*(\d+)\s*(steps?|epochs?)?\s*")
+
+
+def parse_every(checkpoint_every) -> tuple[int, str]:
+    """``checkpoint_every`` as (count, "steps" or "epochs").
+
+    An int N means N epochs; a string is "N", "Nsteps", "Nepochs" (also "1step",
+    "1epoch"); None means one epoch.
+    """
+    if checkpoint_every is None:
+        return 1, "epochs"
+    if isinstance(checkpoint_every, (int, np.integer)) and not isinstance(checkpoint_every, bool):
+        count, unit = int(checkpoint_every), "epochs"
+    elif isinstance(checkpoint_every, str) and EVERY.fullmatch(checkpoint_every):
+        number, unit = EVERY.fullmatch(checkpoint_every).groups()
+        count, unit = int(number), (unit or "epochs").rstrip("s") + "s"
+    else:
+        raise ValueError("checkpoint_every: expected an int (epochs) or a string like "
+                         f"'500steps' or '2epochs', got {checkpoint_every!r}")
+    if count < 1:
+        raise ValueError(f"checkpoint_every: must be >= 1, got {checkpoint_every!r}")
+    return count, unit
+
+
+def data_fingerprint(*arrays) -> str:
+    """sha256 over the shapes, dtypes and bytes of the (host or device) arrays."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            digest.update(b"none")
+            continue
+        a = np.ascontiguousarray(to_numpy(a))
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """The loop state of :meth:`Trainer.fit`; arrays live on the network's backend.
+
+    ``epoch`` is the 0-based epoch in progress (= epochs completed) and ``batch`` the
+    batches it has done; ``rng_state`` is the shuffle RNG's state before that epoch's
+    permutation. ``loss_sum`` (Σ loss × rows), ``first_loss``, ``elapsed`` (seconds)
+    and ``epoch_start`` belong to the epoch in progress.
+    """
+
+    history: object
+    rng_state: dict
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    lr: float = 0.0
+    loss_sum: object = 0.0
+    first_loss: object = None
+    elapsed: float = 0.0
+    best_loss: float = math.inf
+    best_state: list | None = None
+    waited: int = 0
+    epoch_start: list | None = None
+    previous_start: list | None = None
+
+    # ---- to a checkpoint -------------------------------------------------------------
+
+    def to_checkpoint(self, net, optimizer, config: dict, epochs: int) -> tuple[dict, dict]:
+        """(tensors, state) for :func:`gpubp.checkpoint.write_checkpoint`; host copies."""
+        groups = {"param": net.parameters(), "best": self.best_state,
+                  "epoch_start": self.epoch_start if self.batch else None,
+                  "previous_start": self.previous_start,
+                  "velocity": _velocity(optimizer)}
+        tensors = {f"{group}.{i}": to_numpy(a)
+                   for group, arrays in groups.items() if arrays is not None
+                   for i, a in enumerate(arrays)}
+        history = self.history
+        state = {
+            "config": config, "epochs": epochs, "backend": net.backend.name,
+            "epoch": self.epoch, "batch": self.batch, "step": self.step, "lr": self.lr,
+            "rng_state": self.rng_state,
+            "loss_sum": float(self.loss_sum) if self.batch else 0.0,
+            "first_loss": None if self.first_loss is None else float(self.first_loss),
+            "elapsed": self.elapsed if self.batch else 0.0,
+            "history": {"records": history.records, "best_epoch": history.best_epoch,
+                        "stopped_early": history.stopped_early},
+            "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+            "waited": self.waited,
+        }
+        return tensors, state
+
+    # ---- from a checkpoint -----------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path, tensors: dict, state: dict, net, config: dict,
+                        epochs: int, history_type) -> tuple["TrainingState", dict]:
+        """Check a checkpoint's contents and turn them into (state, arrays).
+
+        ``arrays`` maps each group present to its list of backend arrays; nothing is
+        applied to ``net`` here.
+
+        Raises:
+            CheckpointMismatchError: a well-formed checkpoint of a different run (the
+                message starts with "resume:" or "epochs:").
+            CheckpointError: the contents are malformed (the file is then skipped).
+        """
+        reader = _Reader(path, state)
+        saved = reader.dict("config")
+        for key, value in config.items():
+            if saved.get(key) != value:
+                raise CheckpointMismatchError(
+                    f"resume: {path} was written for {key}={saved.get(key)!r}, "
+                    f"this run has {key}={value!r}")
+        arrays = _arrays(path, tensors, net)
+        run = cls(history=_history(reader, history_type), rng_state=_rng_state(reader))
+        run.epoch, run.batch = reader.int("epoch"), reader.int("batch")
+        run.step, run.waited = reader.int("step"), reader.int("waited")
+        run.lr, run.elapsed = reader.float("lr"), reader.float("elapsed")
+        run.loss_sum = net.backend.xp.asarray(reader.float("loss_sum"), dtype=np.float64)
+        run.first_loss = reader.float("first_loss", optional=True)
+        best_loss = reader.float("best_loss", optional=True)
+        run.best_loss = math.inf if best_loss is None else best_loss
+        n_batches = -(-config["n_rows"] // config["batch_size"])
+        if len(run.history) != run.epoch or run.batch > n_batches:
+            raise CheckpointError(f"{path}: inconsistent counters (epoch {run.epoch}, batch "
+                                  f"{run.batch}, {len(run.history)} history records)")
+        if run.batch and ("epoch_start" not in arrays or run.first_loss is None):
+            raise CheckpointError(f"{path}: a mid-epoch checkpoint without its epoch's start")
+        if run.epoch + (run.batch > 0) > epochs:
+            raise CheckpointMismatchError(f"epochs: {path} has already started epoch "
+                             f"{run.epoch + (run.batch > 0)}; epochs must be at least that, "
+                             f"got {epochs}")
+        run.best_state = arrays.get("best")
+        run.epoch_start = arrays.get("epoch_start")
+        run.previous_start = arrays.get("previous_start")
+        return run, arrays
+
+
+def _velocity(optimizer):
+    velocity = getattr(optimizer, "velocity", None)
+    if velocity is None or any(v is None for v in velocity):
+        return None
+    return velocity
+
+
+class _Reader:
+    """Typed access to a checkpoint's JSON state; anything malformed is a CheckpointError."""
+
+    def __init__(self, path, state: dict):
+        self.path, self.state = path, state
+
+    def bad(self, key, expected) -> CheckpointError:
+        return CheckpointError(f"{self.path}: checkpoint field {key!r} is "
+                               f"{self.state.get(key)!r:.80}, expected {expected}")
+
+    def int(self, key) -> int:
+        value = self.state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.bad(key, "an integer >= 0")
+        return value
+
+    def float(self, key, optional=False):
+        value = self.state.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise self.bad(key, "a finite number")
+        return float(value)
+
+    def dict(self, key) -> dict:
+        value = self.state.get(key)
+        if not isinstance(value, dict):
+            raise self.bad(key, "a JSON object")
+        return value
+
+
+def _rng_state(reader: _Reader) -> dict:
+    state = reader.dict("rng_state")
+    try:
+        generator = np.random.PCG64()
+        generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise reader.bad("rng_state", f"a PCG64 state ({e})") from e
+    return generator.state
+
+
+def _history(reader: _Reader, history_type):
+    saved = reader.dict("history")
+    records, best_epoch, stopped = (saved.get("records"), saved.get("best_epoch"),
+                                    saved.get("stopped_early"))
+    history = history_type()
+    if not isinstance(records, list) or not isinstance(stopped, bool) or not (
+            best_epoch is None or (type(best_epoch) is int and 1 <= best_epoch <= len(records))):
+        raise reader.bad("history", "{records: [...], best_epoch, stopped_early}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or set(record) != set(history_type.KEYS) \
+                or record["epoch"] != i + 1 or not all(
+                    value is None or (type(value) in (int, float) and math.isfinite(value))
+                    for value in record.values()):
+            raise reader.bad("history", f"records with keys {history_type.KEYS} (record {i})")
+        history.records.append(dict(record))
+    history.best_epoch, history.stopped_early = best_epoch, stopped
+    return history
+
+
+def _arrays(path, tensors: dict, net) -> dict:
+    """Group the checkpoint's tensors, each checked against the network's parameters."""
+    shapes = [tuple(p.shape) for p in net.parameters()]
+    known = {f"{group}.{i}": (group, i) for group in GROUPS for i in range(len(shapes))}
+    groups = {}
+    for name, array in tensors.items():
+        if name not in known:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r:.80}")
+        group, index = known[name]
+        if array.shape != shapes[index] or array.dtype != net.dtype:
+            raise CheckpointError(f"{path}: tensor {name} is {array.dtype}{list(array.shape)}, "
+                                  f"the network has {net.dtype}{list(shapes[index])}")
+        if not np.isfinite(array).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or Inf")
+        groups.setdefault(group, {})[index] = array
+    arrays = {}
+    for group, found in groups.items():
+        if len(found) != len(shapes):
+            raise CheckpointError(f"{path}: group {group!r} has {len(found)} of "
+                                  f"{len(shapes)} tensors")
+        arrays[group] = [net.backend.asarray(found[i]).copy() for i in range(len(shapes))]
+    if "param" not in arrays:
+        raise CheckpointError(f"{path}: no weights")
+    return arrays

@@ -1,0 +1,62 @@
+"""gpubp.blas.matmul equals numpy.matmul on every layout the training step passes it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpubp import blas
+
+
+def layouts(rng, m, k, dtype):
+    """(name, array of shape (m, k)) in each memory layout matmul may receive."""
+    base = rng.normal(size=(m, k)).astype(dtype)
+    padded = np.zeros((m, k + 3), dtype)
+    padded[:, :k] = base
+    return [("c", base), ("transposed", np.ascontiguousarray(base.T).T),
+            ("row_padded", padded[:, :k]), ("strided", rng.normal(size=(m, 2 * k)).astype(dtype)[:, ::2])]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+def test_matmul_equals_numpy_on_every_layout(rng, dtype, rtol):
+    for name_a, a in layouts(rng, 7, 5, dtype):
+        for name_b, b in layouts(rng, 5, 3, dtype):
+            out = np.full((7, 3), np.nan, dtype)
+            assert blas.matmul(a, b, out=out) is out
+            np.testing.assert_allclose(out, a @ b, rtol=rtol, atol=rtol, err_msg=f"{name_a} @ {name_b}")
+
+
+def test_degenerate_and_mixed_inputs_fall_back_to_numpy(rng):
+    out = np.empty((4, 0), np.float32)
+    assert blas.matmul(np.ones((4, 2), np.float32), np.ones((2, 0), np.float32), out=out) is out
+    a, b = rng.normal(size=(3, 2)), rng.normal(size=(2, 4)).astype(np.float32)
+    out = np.empty((3, 4))
+    np.testing.assert_allclose(blas.matmul(a, b, out=out), a @ b)
+    column = rng.normal(size=(6, 1)).astype(np.float32)
+    out = np.empty((6, 6), np.float32)
+    np.testing.assert_allclose(blas.matmul(column, column.T, out=out), column @ column.T, rtol=1e-6)
+
+
+def test_the_library_in_use_is_named():
+    assert blas.name().startswith(("mkl ", "numpy ("))
+
+
+def test_gpubp_blas_numpy_turns_mkl_off():
+    code = "from gpubp import blas; print(blas.name())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"GPUBP_BLAS": "numpy", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("numpy (")
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"GPUBP_BLAS": "fast", "PATH": ""})
+    assert "GPUBP_BLAS: expected auto, mkl or numpy, got 'fast'" in bad.stderr
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-15)])
+def test_axpby_updates_in_place(rng, dtype, rtol):
+    x = rng.normal(size=(6, 5)).astype(dtype)
+    for y in (rng.normal(size=(6, 5)).astype(dtype), rng.normal(size=(5, 6)).astype(dtype).T):
+        want = -0.3 * x.astype(np.float64) + 0.9 * y
+        blas.axpby(-0.3, x, 0.9, y)  # the transposed y takes NumPy's path
+        np.testing.assert_allclose(y, want, rtol=rtol, atol=rtol)
