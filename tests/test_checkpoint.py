@@ -142,10 +142,16 @@ def test_in_process_sigint_restores_handlers_and_resumes(tmp_path):
 
 
 def test_without_a_checkpoint_dir_ctrl_c_is_a_keyboard_interrupt():
+    # Python's own handler, whatever this process inherited (nohup and background jobs
+    # start with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     net, trainer = worker.make(EPOCHS)
     worker._after_step(trainer.optimizer, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
-        worker.fit(trainer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker.fit(trainer)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---- a changed epochs target ---------------------------------------------------------
