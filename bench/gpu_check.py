@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -62,37 +63,36 @@ def main() -> None:
     def save():
         (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
 
+    def section(key, compute):
+        """report[key] = compute(), or the error: one failing section spoils no other."""
+        try:
+            report[key] = compute()
+        except Exception as e:  # recorded with its traceback, and the check goes on
+            report[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        save()
+
     backend = get_backend("cupy")
     cp = backend.xp
-    report["device"] = device_facts(backend)
-    save()
-
-    report["copy_bandwidth_GBps"] = copy_bandwidth(cp)
-    save()
-
-    report["tests"] = run_gpu_tests(out, timeout=min(240, remaining(deadline)))
-    save()
+    section("device", lambda: device_facts(backend))
+    section("copy_bandwidth_GBps", lambda: copy_bandwidth(cp))
+    section("tests", lambda: run_gpu_tests(out, timeout=min(240, remaining(deadline))))
 
     from bench.kernel_times import run as kernel_times
 
-    report["kernels"] = kernel_times(report["copy_bandwidth_GBps"])
-    save()
-
-    report["step_time"] = [step_times(backend, batch) for batch in STEP_BATCHES]
-    save()
-    report["step_time_tf32"] = tf32_step_times(timeout=min(120, remaining(deadline)))
-    save()
+    copy_GBps = report["copy_bandwidth_GBps"]
+    section("kernels", lambda: kernel_times(copy_GBps if isinstance(copy_GBps, float) else None))
+    section("step_time", lambda: [step_times(backend, batch) for batch in STEP_BATCHES])
+    section("step_time_tf32", lambda: tf32_step_times(timeout=min(120, remaining(deadline))))
 
     if remaining(deadline) > 90:
         from bench.compare import CompareConfig, run_comparison
 
-        report["compare_cuda"] = run_comparison(CompareConfig(
+        section("compare_cuda", lambda: run_comparison(CompareConfig(
             device="cuda", batch_sizes=COMPARE_BATCHES, widths=(), rows=131072, repeats=2,
             data_dir=args.data_dir,
             peers=("gpubp-cupy", "torch-eager-cuda", "gpubp-cupy-tf32", "torch-eager-cuda-tf32",
                    "torch-compile-cuda"),
-            budget_s=remaining(deadline) - 60, timeout_s=120), log=lambda line: None)
-        save()
+            budget_s=remaining(deadline) - 60, timeout_s=120), log=lambda line: None))
 
     from bench.mnist_800 import run
 
@@ -103,8 +103,11 @@ def main() -> None:
         if remaining(deadline) < estimate:
             report["mnist_800"].append({"config": [batch, lr, wd, epochs], "skipped": "budget"})
             continue
-        result = run(args.data_dir, "cupy", epochs=epochs, lr=lr, batch_size=batch,
-                     weight_decay=wd, quiet=True)
+        try:
+            result = run(args.data_dir, "cupy", epochs=epochs, lr=lr, batch_size=batch,
+                         weight_decay=wd, quiet=True)
+        except Exception as e:
+            result = {"config": [batch, lr, wd, epochs], "error": f"{type(e).__name__}: {e}"}
         report["mnist_800"].append(result)
         save()
     save()
@@ -282,21 +285,39 @@ def tf32_step_times(timeout: float) -> list | dict:
 
 
 def print_table(report: dict) -> None:
+    """The short table, section by section; a section that failed prints its error."""
+    for part in (_print_device, _print_kernels, _print_steps, _print_mnist):
+        try:
+            part(report)
+        except (KeyError, TypeError, ValueError) as e:
+            print(f"{part.__name__[7:]}: not available ({type(e).__name__}: {e})")
+
+
+def _print_device(report: dict) -> None:
     d = report["device"]
     print(f"\n{d['name']}  cupy {d['cupy']}  CUDA {d['cuda_runtime']} (driver {d['cuda_driver']})"
           f"  torch {d['torch']}")
     print(f"copy bandwidth (read+write): {report['copy_bandwidth_GBps']:.0f} GB/s")
     print(f"GPU tests: {report['tests']['summary']} (rc {report['tests']['returncode']})")
-    for r in report.get("kernels", {}).get("softmax_xent", []):
+
+
+def _print_kernels(report: dict) -> None:
+    kernels = report["kernels"]
+    if "error" in kernels:
+        raise ValueError(kernels["error"])
+    for r in kernels["softmax_xent"]:
         torch_s = f"{r['speedup_vs_torch']:.2f}x torch" if "speedup_vs_torch" in r else ""
         print(f"softmax_xent B={r['B']:<5} C={r['C']:<6} {r['path']:<5} {1e6 * r['fused_s']:8.1f} us"
               f" {r['fused_GBps']:7.0f} GB/s {100 * r.get('fraction_of_copy', 0):5.1f}% of copy"
               f"  {torch_s}")
-    for r in report.get("kernels", {}).get("sigmoid", []):
+    for r in kernels["sigmoid"]:
         print(f"sigmoid B={r['B']:<5} N={r['N']:<5} fwd {r['bias_sigmoid_GBps']:6.0f} GB/s "
               f"bwd {r['sigmoid_backward_GBps']:6.0f} GB/s "
               f"({100 * r.get('sigmoid_backward_fraction_of_copy', 0):.1f}% of copy), "
               f"bwd+db {r['sigmoid_backward_dbias_GBps']:6.0f} GB/s")
+
+
+def _print_steps(report: dict) -> None:
     for key in ("step_time", "step_time_tf32"):
         rows = report.get(key)
         if not isinstance(rows, list):
@@ -310,11 +331,14 @@ def print_table(report: dict) -> None:
             print(f"{'':>{len(key) + 1}} {r['batch']:>7} {1e3 * r['gpubp_s']:>9.3f} "
                   f"{1e3 * r['gpubp_reference_ops_s']:>10.3f} {torch_ms:>9} {ratio:>11} "
                   f"{str(r['pool_used_constant_after_step_2']):>11}")
+
+
+def _print_mnist(report: dict) -> None:
     print(f"{'mnist config (batch, lr, wd, epochs)':<38} {'best err':>8} {'final':>7} "
           f"{'reach 1.6%':>10} {'train s':>8}")
-    for r in report["mnist_800"]:
-        if "skipped" in r:
-            print(f"{str(r['config']):<38} skipped ({r['skipped']})")
+    for r in report.get("mnist_800", []):
+        if "skipped" in r or "error" in r:
+            print(f"{str(r['config']):<38} {r.get('skipped') or r.get('error')}")
             continue
         c = r["config"]
         print(f"{str((c['batch_size'], c['lr'], c['weight_decay'], c['epochs'])):<38} "

@@ -96,7 +96,11 @@ def compile_source(name: str, arch: str) -> bytes:
             raise KernelCompileError(
                 f"kernel source {name} failed to compile for {arch} with options "
                 f"{' '.join(options)}: {e}\n{log}") from None
-        return nvrtc.getCUBIN(program) if arch.startswith("sm_") else nvrtc.getPTX(program).encode()
+        if arch.startswith("sm_"):
+            return nvrtc.getCUBIN(program)
+        ptx = nvrtc.getPTX(program)
+        ptx = ptx.encode() if isinstance(ptx, str) else bytes(ptx)
+        return ptx if ptx.endswith(b"\0") else ptx + b"\0"  # the driver reads a C string
     finally:
         nvrtc.destroyProgram(program)
 

@@ -144,6 +144,8 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction, out) -> N
     if logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"logits: expected float32 or float64, got {logits.dtype}")
     batch, n_classes = logits.shape
+    if n_classes < 1:
+        raise ValueError(f"logits: need at least one class (column), got shape {logits.shape}")
     if targets.ndim == 1:
         if targets.shape[0] != batch or targets.dtype.kind not in "iu":
             raise ValueError(f"targets: expected ({batch},) integer labels, "

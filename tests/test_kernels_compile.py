@@ -61,6 +61,11 @@ def test_every_source_compiles_to_a_binary(name, arch):
     assert binary[:4] == b"\x7fELF"  # a cubin
 
 
+def test_a_newer_device_gets_ptx_for_the_driver_to_compile():
+    ptx = cuda_kernels.compile_source("sigmoid.cu", "compute_80")
+    assert ptx.endswith(b"\0") and b".entry bias_sigmoid_f32_v4" in ptx
+
+
 def test_every_entry_point_the_wrappers_use_is_compiled(compiled):
     for name, entry_points in cuda_kernels.entry_points().items():
         defined = ptx_params(compiled[name][0])
@@ -171,3 +176,16 @@ def test_sigmoid_launches_match_the_kernels(launches, dtype, shape):
     vec = cuda_kernels.VEC[dtype] if shape[1] % cuda_kernels.VEC[dtype] == 0 else 1
     assert names[0].endswith(f"_v{vec}")
     assert names[2].startswith("sigmoid_backward_dbias") and names[3].startswith("sum_partials")
+
+
+def test_a_compiled_binary_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = cuda_kernels._binary("sigmoid.cu", "sm_90")
+    cached = list((tmp_path / "gpubp" / "kernels").glob("sigmoid-sm_90-*.bin"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first
+
+    def no_compiling(name, arch):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(cuda_kernels, "compile_source", no_compiling)
+    assert cuda_kernels._binary("sigmoid.cu", "sm_90") == first

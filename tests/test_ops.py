@@ -107,6 +107,11 @@ def test_bad_arguments_name_themselves(kwargs, match):
         ops.softmax_cross_entropy(np.zeros((2, 5)), targets, **kwargs)
 
 
+def test_zero_classes_is_an_error_naming_logits():
+    with pytest.raises(ValueError, match="^logits: need at least one class"):
+        ops.softmax_cross_entropy(np.zeros((2, 0)), np.zeros(2, int))
+
+
 def test_loss_alone_skips_the_gradient(rng):
     logits = rng.normal(size=(3, 4))
     loss, grad = ops.softmax_cross_entropy(logits, np.array([0, 1, 2]), grad=False)
