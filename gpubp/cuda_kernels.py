@@ -26,7 +26,6 @@ from gpubp.errors import DataError, GpubpError
 SOURCES = ("softmax_xent.cu", "sigmoid.cu")
 COMMON_HEADER = "gpubp_common.cuh"
 CXX_STANDARD = "c++17"
-ENV_VAR = "GPUBP_CUDA_KERNELS"
 
 BLOCK = 256  # threads per block for the elementwise and small-row kernels
 SMALL_MAX_COLS = 8 * 32  # xent_small: up to 8 columns per lane, 32 lanes per row
