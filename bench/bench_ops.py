@@ -11,20 +11,10 @@ with integer labels.
 import numpy as np
 import pytest
 
-from gpubp.backend import get_backend
-from gpubp.errors import BackendError
 from gpubp.network import step_ops
 
 HIDDEN_SHAPES = [(256, 1024), (4096, 1024)]
 LOGIT_SHAPES = [(256, 10), (4096, 10), (65536, 10)]
-
-
-@pytest.fixture(params=["numpy", "cupy"])
-def backend(request):
-    try:
-        return get_backend(request.param)
-    except BackendError as e:
-        pytest.skip(str(e))
 
 
 def random(backend, shape, low=-4.0, high=4.0, seed=0):

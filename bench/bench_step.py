@@ -13,20 +13,10 @@ import pytest
 
 import gpubp
 from bench import naive_numpy
-from gpubp.backend import get_backend
-from gpubp.errors import BackendError
 
 SIZES = (784, 1024, 1024, 10)
 STEP_BATCH = 256
 EPOCH_ROWS, EPOCH_BATCH = 4096, 256
-
-
-@pytest.fixture(params=["numpy", "cupy"])
-def backend(request):
-    try:
-        return get_backend(request.param)
-    except BackendError as e:
-        pytest.skip(str(e))
 
 
 def batch(rows, seed=0):

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpubp  # noqa: E402
 from gpubp.backend import cuda_versions, get_backend  # noqa: E402
+from bench.kernel_times import time_events  # noqa: E402
 
 STEP_BATCHES = (64, 256, 4096, 65536)
 STEP_SIZES = (784, 1024, 1024, 10)
@@ -139,21 +140,6 @@ def device_facts(backend) -> dict:
     return facts
 
 
-def time_events(cp, fn, repeat: int, warmup: int = 3) -> float:
-    """Median seconds of ``fn()`` over ``repeat`` runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    return float(np.median(times))
-
-
 def time_loop(step, sync, steps: int, repeats: int = 5) -> float:
     """Median over ``repeats`` of the wall time per step of ``steps`` back-to-back steps,
     synchronized at both ends: throughput with launch overhead included, after warm-up."""
@@ -174,7 +160,8 @@ def copy_bandwidth(cp, nbytes: int = 2 << 30) -> float:
     """Device-to-device copy, counting bytes read plus bytes written, in GB/s."""
     src = cp.random.random(nbytes // 4, dtype=cp.float32)
     dst = cp.empty_like(src)
-    seconds = time_events(cp, lambda: dst.data.copy_from_device_async(src.data, nbytes), 20)
+    seconds = time_events(cp, lambda: dst.data.copy_from_device_async(src.data, nbytes),
+                          repeat=20, warmup=3)
     return 2 * nbytes / seconds / 1e9
 
 

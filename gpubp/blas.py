@@ -33,7 +33,8 @@ def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
     a and b may be transposed views (``W.T``): they are passed as transposed operands,
     never copied. Arrays MKL cannot take as they are go to NumPy.
     """
-    if not _can_gemm(a, b, out):
+    plan = _plan(a, b, out)
+    if plan is None:
         if alpha == 1.0 and beta == 0.0:
             return np.matmul(a, b, out=out)
         product = np.matmul(a, b)
@@ -45,18 +46,24 @@ def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
                 out *= beta
             out += product
         return out
-    gemm, layout_a, layout_b = _gemm(a.dtype), _layout(a), _layout(b)
+    gemm, (trans_a, lda), (trans_b, ldb) = plan
     (m, k), n = a.shape, b.shape[1]
-    gemm(_ROW_MAJOR, layout_a[0], layout_b[0], m, n, k, alpha, a.ctypes.data, layout_a[1],
-         b.ctypes.data, layout_b[1], beta, out.ctypes.data, n)
+    gemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a.ctypes.data, lda,
+         b.ctypes.data, ldb, beta, out.ctypes.data, n)
     return out
 
 
-def _can_gemm(a, b, out) -> bool:
-    return (_gemm(a.dtype) is not None and _layout(a) is not None and _layout(b) is not None
-            and b.dtype == a.dtype and out.dtype == a.dtype and out.flags.c_contiguous
-            and 0 not in a.shape + b.shape and a.shape[1] == b.shape[0]
-            and out.shape == (a.shape[0], b.shape[1]))
+def _plan(a, b, out):
+    """(GEMM function, layout of a, layout of b) when MKL can take the arrays as they are."""
+    gemm = _gemm(a.dtype)
+    if (gemm is None or b.dtype != a.dtype or out.dtype != a.dtype or not out.flags.c_contiguous
+            or 0 in a.shape + b.shape or a.shape[1] != b.shape[0]
+            or out.shape != (a.shape[0], b.shape[1])):
+        return None
+    layout_a, layout_b = _layout(a), _layout(b)
+    if layout_a is None or layout_b is None:
+        return None
+    return gemm, layout_a, layout_b
 
 
 def axpby(a: float, x, b: float, y) -> None:

@@ -290,10 +290,11 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
 
     bad_label, ticket, _ = _state()
     suffix = SUFFIX[dtype]
-    common = (logits, _ptr(labels), np.int32(labels is not None and labels.dtype == np.int64),
-              _ptr(target_rows), _ptr(g), _ptr(loss_rows), np.int64(rows), np.int64(cols),
-              dtype(scale), np.int64(0 if ignore_index is None else ignore_index),
-              np.int32(ignore_index is not None))
+    labels_64 = np.int32(labels is not None and labels.dtype == np.int64)
+    ignored = np.int64(0 if ignore_index is None else ignore_index)
+    has_ignore = np.int32(ignore_index is not None)
+    common = (logits, _ptr(labels), labels_64, _ptr(target_rows), _ptr(g), _ptr(loss_rows),
+              np.int64(rows), np.int64(cols), dtype(scale), ignored, has_ignore)
 
     def tail(blocks):
         partials = cupy.empty(2 * blocks, np.float64) if mean is not None else None
@@ -318,8 +319,8 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
         label_logits = cupy.empty(rows, dtype)
         _function(f"xent_partial_{suffix}", "softmax_xent.cu")(
             (blocks,), (SPLIT_THREADS,),
-            (logits, _ptr(labels), common[2], _ptr(target_rows), np.int64(rows), np.int64(cols),
-             np.int64(chunks), common[9], common[10], chunk_stats, label_logits))
+            (logits, _ptr(labels), labels_64, _ptr(target_rows), np.int64(rows), np.int64(cols),
+             np.int64(chunks), ignored, has_ignore, chunk_stats, label_logits))
         _function(f"xent_finish_{suffix}", "softmax_xent.cu")(
             (blocks,), (SPLIT_THREADS,),
             common + tail(blocks) + (np.int64(chunks), chunk_stats, label_logits))

@@ -102,9 +102,11 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
     if targets.ndim == 1 and ignore_index is not None:
         counted = targets != ignore_index
         targets = xp.where(counted, targets, 0)
-    if targets.ndim == 1 and batch and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
-        raise DataError(f"targets: labels must lie in [0, {n_classes}) or equal ignore_index; "
-                        f"got labels in [{int(targets.min())}, {int(targets.max())}]")
+    if targets.ndim == 1 and batch:
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= n_classes:
+            raise DataError(f"targets: labels must lie in [0, {n_classes}) or equal "
+                            f"ignore_index; got labels in [{low}, {high}]")
 
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum = xp.log(xp.exp(shifted).sum(axis=1))

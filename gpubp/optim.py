@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpubp import blas
 from gpubp.backend import array_module, is_device_array
+from gpubp.cuda_kernels import sgd_update  # imports cupy only when it runs
 from gpubp.validation import check_float
 
 
@@ -67,8 +68,6 @@ class SGD:
 
     def _step_on_device(self, i, p, g) -> None:
         """The same rule for one CuPy parameter, in one fused elementwise kernel."""
-        from gpubp.cuda_kernels import sgd_update
-
         first = self.momentum and self.velocity[i] is None
         if first:
             self.velocity[i] = array_module(p).empty_like(p)
