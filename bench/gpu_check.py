@@ -194,13 +194,14 @@ def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dic
     result = {"batch": batch, "sizes": list(sizes), "tf32": tf32}
 
     for label, kernels in (("gpubp", "1"), ("gpubp_reference_ops", "0")):
-        seconds, used = gpubp_step_time(backend, sizes, Xd, yd, steps, kernels)
         pool.free_all_blocks()
+        seconds, used, held = gpubp_step_time(backend, sizes, Xd, yd, steps, kernels)
         result[f"{label}_s"], result[f"{label}_samples_per_s"] = seconds, batch / seconds
         if kernels == "1":
             result["pool_used_bytes_after_steps_1_to_5"] = used
             result["pool_used_constant_after_step_2"] = len(set(used[1:])) == 1
-            result["pool_total_bytes"] = pool.total_bytes()  # the pool's peak reservation
+            result["pool_total_bytes_after_steps"] = held
+    pool.free_all_blocks()
     try:
         result.update(torch_step_time(sizes, X, y, steps, tf32))
     except ImportError:
@@ -211,7 +212,9 @@ def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dic
 
 
 def gpubp_step_time(backend, sizes, X, y, steps, kernels: str):
-    """(seconds per step, CuPy pool used bytes after each of the first 5 steps)."""
+    """(seconds per step, CuPy pool used bytes after each of the first 5 steps, bytes the
+    pool holds after the timed steps: it keeps every block it ever reserved, so this is its
+    peak reservation since the caller's ``free_all_blocks``)."""
     os.environ["GPUBP_CUDA_KERNELS"] = kernels
     net = gpubp.MLP(sizes, backend=backend, seed=0)
     os.environ.pop("GPUBP_CUDA_KERNELS")
@@ -229,7 +232,8 @@ def gpubp_step_time(backend, sizes, X, y, steps, kernels: str):
         step()
         sync()
         used.append(pool.used_bytes())
-    return time_loop(step, sync, steps), used
+    seconds = time_loop(step, sync, steps)
+    return seconds, used, pool.total_bytes()
 
 
 def torch_step_time(sizes, X, y, steps, tf32: bool) -> dict:

@@ -6,7 +6,8 @@ measured, and the GEMMs are most of a CPU step. So when the ``mkl`` package is i
 (``pip install "gpubp[mkl]"``), :func:`matmul` calls its ``cblas_sgemm``/``cblas_dgemm``
 through ctypes on the arrays' own memory, with the transposes the arrays already have,
 and :func:`axpby` (the SGD update) its ``cblas_?axpby``. Otherwise, or with
-``GPUBP_BLAS=numpy``, they are NumPy operations.
+``GPUBP_BLAS=numpy``, they are NumPy operations. :mod:`gpubp.cpu_kernels` takes MKL's
+vector math (VML) from the same library.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
     """out = alpha · a @ b + beta · out for 2-D NumPy arrays; a: (m, k), b: (k, n), out:
-    (m, n) C-contiguous. With beta = 1 and alpha = −lr this is a gradient-descent step.
+    (m, n), C- or F-contiguous. With beta = 1 and alpha = −lr this is a gradient-descent
+    step.
 
     a and b may be transposed views (``W.T``): they are passed as transposed operands,
     never copied. Arrays MKL cannot take as they are go to NumPy.
     """
+    if out.ndim == 2 and not out.flags.c_contiguous and out.T.flags.c_contiguous:
+        matmul(b.T, a.T, out.T, alpha, beta)  # a column-major out: outᵀ = bᵀ aᵀ
+        return out
     plan = _plan(a, b, out)
     if plan is None:
         if alpha == 1.0 and beta == 0.0:
@@ -145,7 +150,16 @@ def _mkl():
         fn.restype = None
         fn.argtypes = [ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int, real,
                        ctypes.c_void_p, ctypes.c_int]
+    for fn in (lib.vsExp, lib.vdExp, lib.vsInv, lib.vdInv):  # VML: y[i] = f(x[i]), i < n
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]  # n: 32-bit MKL_INT
     return lib
+
+
+def mkl_library():
+    """MKL's runtime library through ctypes, with the GEMM, axpby and VML ``Exp``/``Inv``
+    entry points typed; None when MKL is not installed or $GPUBP_BLAS is "numpy"."""
+    return _mkl()
 
 
 def _mkl_version() -> str:

@@ -122,11 +122,14 @@ def target_arch(compute_capability: str) -> str:
 
 
 def _nvrtc():
+    """CuPy's NVRTC binding, with libnvrtc loaded (CuPy 14 loads it at the first call)."""
     try:
         from cupy_backends.cuda.libs import nvrtc
-    except ImportError as e:
+
+        nvrtc.getVersion()
+    except (ImportError, RuntimeError) as e:  # no CuPy, or CuPy without libnvrtc
         raise KernelCompileError(f"NVRTC is not available through CuPy ({e}); install "
-                                 f"gpubp[cuda12] or gpubp[cuda13]") from None
+                                 f"gpubp[cuda12] or gpubp[cuda13], or a CUDA toolkit") from None
     return nvrtc
 
 

@@ -36,9 +36,8 @@ def bias_sigmoid(z, bias, out=None):
     0, within one subnormal of σ(x).
     """
     xp = array_module(z)
-    out = xp.add(z, bias, out=out)
+    out = xp.subtract(-bias, z, out=out)  # −x, exactly −(z + b)
     with np.errstate(over="ignore"):
-        xp.negative(out, out=out)
         xp.exp(out, out=out)
     out += 1
     return xp.reciprocal(out, out=out)

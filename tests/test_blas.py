@@ -22,9 +22,20 @@ def layouts(rng, m, k, dtype):
 def test_matmul_equals_numpy_on_every_layout(rng, dtype, rtol):
     for name_a, a in layouts(rng, 7, 5, dtype):
         for name_b, b in layouts(rng, 5, 3, dtype):
-            out = np.full((7, 3), np.nan, dtype)
-            assert blas.matmul(a, b, out=out) is out
-            np.testing.assert_allclose(out, a @ b, rtol=rtol, atol=rtol, err_msg=f"{name_a} @ {name_b}")
+            for order in "CF":
+                out = np.full((7, 3), np.nan, dtype, order=order)
+                assert blas.matmul(a, b, out=out) is out
+                np.testing.assert_allclose(out, a @ b, rtol=rtol, atol=rtol,
+                                           err_msg=f"{name_a} @ {name_b} into {order} order")
+
+
+@pytest.mark.parametrize("order", "CF")
+def test_matmul_accumulates_with_alpha_and_beta(rng, order):
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(4, 5))
+    start = rng.normal(size=(6, 5))
+    out = np.array(start, order=order)
+    assert blas.matmul(a, b.T.copy().T, out=out, alpha=-0.25, beta=1.0) is out
+    np.testing.assert_allclose(out, start - 0.25 * (a @ b), rtol=1e-13)
 
 
 def test_degenerate_and_mixed_inputs_fall_back_to_numpy(rng):

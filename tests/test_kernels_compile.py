@@ -87,6 +87,15 @@ def test_the_target_is_the_device_architecture_or_ptx_beyond_nvrtc():
     assert cuda_kernels.target_arch(str(newest + 1)) == f"compute_{newest}"
 
 
+def test_a_missing_libnvrtc_is_a_kernel_compile_error_with_the_fix(monkeypatch):
+    def no_library():
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12")
+
+    monkeypatch.setattr(nvrtc, "getVersion", no_library)
+    with pytest.raises(cuda_kernels.KernelCompileError, match=r"libnvrtc.*gpubp\[cuda12\]"):
+        cuda_kernels.target_arch("90")
+
+
 def test_sources_are_found_next_to_the_package():
     directory = cuda_kernels.source_dir()
     for name in (*cuda_kernels.SOURCES, cuda_kernels.COMMON_HEADER):

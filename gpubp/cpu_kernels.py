@@ -1,0 +1,84 @@
+"""The training step's elementwise math on the NumPy backend, arranged for the CPU.
+
+Same functions and signatures as :mod:`gpubp.ops`, their reference (and as
+:mod:`gpubp.cuda_kernels`), and the same results up to rounding:
+
+- :func:`bias_sigmoid` takes its exponential and reciprocal from MKL's vector math (VML)
+  when MKL is installed: vectorized, on MKL's threads, at VML's default high accuracy
+  (≤ 1 ulp).
+- :func:`sigmoid_backward` runs on column blocks of ~64K values, so that its temporary
+  a(1 − a) stays in cache between the passes that write and read it.
+
+With the column-major buffers of the network's workspace they make a 784-1024-1024-10
+step about 5% faster on two cores (README, "CPU"). Arrays these paths cannot take (other
+layouts, dtypes or array types) go to the references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpubp import blas, ops
+
+BLOCK_VALUES = 1 << 16  # values per column block of sigmoid_backward
+VML_MAX_SIZE = 2**31 - 1  # VML's n is a 32-bit MKL_INT
+
+softmax_cross_entropy = ops.softmax_cross_entropy
+
+
+def bias_sigmoid(z, bias, out=None):
+    """a = σ(z + b) = 1/(1 + e^(−z−b)). z: (B, n); bias: (n,); out (B, n) may be z.
+
+    With VML the exponential overflows to +inf below z + b ≈ −88.7 (float32) and the
+    reciprocal of inf + 1 is 0, as in the reference.
+    """
+    lib = blas.mkl_library()
+    if lib is None or not isinstance(z, np.ndarray) or getattr(bias, "dtype", None) != z.dtype:
+        return ops.bias_sigmoid(z, bias, out=out)
+    if out is None:
+        out = np.empty(z.shape, z.dtype, order="F" if _column_major(z) else "C")
+    if not _vml_can_take(z, out):
+        return ops.bias_sigmoid(z, bias, out=out)
+    exp, inv = (lib.vsExp, lib.vsInv) if z.dtype == np.float32 else (lib.vdExp, lib.vdInv)
+    np.subtract(-bias, z, out=out)
+    exp(out.size, out.ctypes.data, out.ctypes.data)
+    out += 1
+    inv(out.size, out.ctypes.data, out.ctypes.data)
+    return out
+
+
+def sigmoid_backward(grad_a, a, out=None, bias_grad=None):
+    """δ = grad_a ⊙ a(1 − a) (EqA2.1), with dL/db = Σ_rows δ into ``bias_grad`` when given.
+
+    grad_a, a: (B, n); out (B, n) may be ``grad_a``; bias_grad: (n,).
+    """
+    arrays = (grad_a, a) + tuple(x for x in (out, bias_grad) if x is not None)
+    if not (all(isinstance(x, np.ndarray) for x in arrays) and a.ndim == 2 and _column_major(a)
+            and grad_a.shape == a.shape and (out is None or out.shape == a.shape)
+            and (bias_grad is None or bias_grad.shape == a.shape[1:])):
+        return ops.sigmoid_backward(grad_a, a, out=out, bias_grad=bias_grad)
+    if out is None:
+        out = np.empty(a.shape, np.result_type(grad_a, a), order="F")
+    columns = max(1, BLOCK_VALUES // max(1, a.shape[0]))
+    for start in range(0, a.shape[1], columns):
+        block = slice(start, start + columns)
+        ops.sigmoid_backward(grad_a[:, block], a[:, block], out=out[:, block],
+                             bias_grad=None if bias_grad is None else bias_grad[block])
+    return out
+
+
+def _vml_can_take(z, out) -> bool:
+    """Whether z and out line up as flat vectors of one VML dtype: NumPy arrays of one
+    shape and dtype, both C- or both F-contiguous."""
+    if not (isinstance(z, np.ndarray) and isinstance(out, np.ndarray)):
+        return False
+    if z.dtype not in (np.float32, np.float64) or out.dtype != z.dtype or out.shape != z.shape:
+        return False
+    if not 0 < z.size <= VML_MAX_SIZE:
+        return False
+    both_c = z.flags.c_contiguous and out.flags.c_contiguous
+    return both_c or (z.flags.f_contiguous and out.flags.f_contiguous)
+
+
+def _column_major(x) -> bool:
+    return x.flags.f_contiguous and not x.flags.c_contiguous

@@ -1,0 +1,121 @@
+"""gpubp.cpu_kernels equals float64 references on every layout it takes or hands on,
+with MKL's vector math and without it."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import blas, cpu_kernels, ops
+
+TOL = {np.float32: 3e-7, np.float64: 1e-15}
+
+
+@pytest.fixture(params=["mkl", "no-mkl"])
+def vml(request, monkeypatch):
+    """Runs a test with VML (skipped where MKL is missing) and with MKL switched off."""
+    if request.param == "mkl" and blas.mkl_library() is None:
+        pytest.skip("MKL is not installed")
+    if request.param == "no-mkl":
+        monkeypatch.setattr(blas, "mkl_library", lambda: None)
+    return request.param
+
+
+def sigmoid64(x):
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", "CF")
+def test_bias_sigmoid_matches_the_sigmoid_in_float64(rng, vml, dtype, order):
+    z = np.array(rng.normal(size=(37, 53)) * 30, dtype, order=order)
+    z[0, :6] = [-1e4, 1e4, np.inf, -np.inf, np.nan, -88.0]
+    bias = rng.normal(size=53).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cpu_kernels.bias_sigmoid(z, bias)
+    want = sigmoid64(z.astype(np.float64) + bias)
+    assert got.dtype == dtype and got.flags.f_contiguous == (order == "F")
+    np.testing.assert_allclose(got, want, rtol=4 * TOL[dtype], atol=TOL[dtype])
+    assert np.array_equal(got[0, :5], [0, 1, 1, 0, np.nan], equal_nan=True)
+
+
+@pytest.mark.parametrize("out_order", ["same", "C", "F", "in_place", "strided"])
+def test_bias_sigmoid_writes_out_on_any_layout(rng, vml, out_order):
+    z = np.asfortranarray(rng.normal(size=(9, 12)).astype(np.float32))
+    bias = rng.normal(size=12).astype(np.float32)
+    want = sigmoid64(z.astype(np.float64) + bias)
+    out = {"same": np.empty_like(z), "C": np.empty((9, 12), np.float32),
+           "F": np.empty((9, 12), np.float32, order="F"), "in_place": z,
+           "strided": np.empty((9, 24), np.float32)[:, ::2]}[out_order]
+    assert cpu_kernels.bias_sigmoid(z, bias, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-7)
+
+
+def test_bias_sigmoid_of_mixed_dtypes_follows_the_reference(rng, vml):
+    z = rng.normal(size=(4, 5)).astype(np.float32)
+    bias = rng.normal(size=5)  # float64
+    np.testing.assert_array_equal(cpu_kernels.bias_sigmoid(z, bias), ops.bias_sigmoid(z, bias))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", "CF")
+@pytest.mark.parametrize("block_values", [64, cpu_kernels.BLOCK_VALUES])
+def test_sigmoid_backward_and_bias_gradient_in_blocks(rng, monkeypatch, dtype, order, block_values):
+    monkeypatch.setattr(cpu_kernels, "BLOCK_VALUES", block_values)  # 64: blocks of 9 columns
+    a = np.array(sigmoid64(rng.normal(size=(7, 40)) * 3), dtype, order=order)
+    grad_a = np.array(rng.normal(size=(7, 40)), dtype, order=order)
+    want = grad_a.astype(np.float64) * a * (1 - a.astype(np.float64))
+    bias_grad = np.full(40, np.nan, dtype)
+    out = cpu_kernels.sigmoid_backward(grad_a, a, out=grad_a, bias_grad=bias_grad)
+    assert out is grad_a
+    np.testing.assert_allclose(out, want, rtol=4 * TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(bias_grad, want.sum(axis=0), rtol=20 * TOL[dtype],
+                               atol=20 * TOL[dtype])
+
+
+def test_sigmoid_backward_without_out_keeps_the_layout(rng):
+    a = np.asfortranarray(sigmoid64(rng.normal(size=(5, 6))).astype(np.float32))
+    grad_a = rng.normal(size=(5, 6)).astype(np.float32)
+    got = cpu_kernels.sigmoid_backward(grad_a, a)
+    assert got.flags.f_contiguous and got is not grad_a
+    np.testing.assert_allclose(got, grad_a * a * (1 - a), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(7, np.float32), np.zeros((1, 6), np.float32)])
+def test_a_misshapen_bias_gradient_is_refused_like_the_reference(rng, bad):
+    a = np.asfortranarray(rng.random((5, 6)).astype(np.float32))
+    grad_a = np.asfortranarray(rng.normal(size=(5, 6)).astype(np.float32))
+    with pytest.raises(ValueError) as want:
+        ops.sigmoid_backward(grad_a.copy(), a, bias_grad=bad)
+    with pytest.raises(ValueError) as got:
+        cpu_kernels.sigmoid_backward(grad_a.copy(), a, bias_grad=bad)
+    assert type(got.value) is type(want.value)
+
+
+def test_the_numpy_step_uses_these_functions_and_column_major_buffers():
+    net = gpubp.MLP((6, 5, 4, 3), backend="numpy", seed=0)
+    assert net._ops is cpu_kernels
+    work = net._workspace(8)
+    assert all(x.flags.f_contiguous and not x.flags.c_contiguous
+               for x in work.activations + work.deltas)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_a_step_equals_the_references_row_major_step(rng, vml, dtype, rtol):
+    X = rng.normal(size=(33, 20))
+    y = rng.integers(0, 10, 33)
+    fast = gpubp.MLP((20, 31, 17, 10), backend="numpy", dtype=dtype, seed=3)
+    reference = gpubp.MLP((20, 31, 17, 10), backend="numpy", dtype=dtype, seed=3)
+    reference._ops = ops
+    reference._workspaces[33] = work = type(reference._workspace(1))(reference, 33)
+    work.activations = [np.ascontiguousarray(x) for x in work.activations]
+    work.deltas = [np.ascontiguousarray(x) for x in work.deltas]
+    loss, grads = fast.loss_and_grads(X, y)
+    want_loss, want_grads = reference.loss_and_grads(X, y)
+    assert loss == pytest.approx(want_loss, rel=rtol)
+    for got, want in zip([g for pair in grads for g in pair], [g for pair in want_grads for g in pair]):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
