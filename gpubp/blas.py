@@ -25,6 +25,8 @@ log = logging.getLogger("gpubp")
 
 ENV_VAR = "GPUBP_BLAS"
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_LP64 = 0  # MKL_INTERFACE_LP64
+MAX_INT = 2**31 - 1  # MKL_INT's largest value in LP64
 
 
 def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
@@ -68,6 +70,8 @@ def _plan(a, b, out):
     layout_a, layout_b = _layout(a), _layout(b)
     if layout_a is None or layout_b is None:
         return None
+    if max(*a.shape, b.shape[1], layout_a[1], layout_b[1]) > MAX_INT:
+        return None
     return gemm, layout_a, layout_b
 
 
@@ -75,7 +79,8 @@ def axpby(a: float, x, b: float, y) -> None:
     """y ← a·x + b·y in place, for NumPy arrays of one shape and dtype: one pass with MKL."""
     lib = _mkl()
     if (lib is not None and x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous
-            and y.flags.c_contiguous and x.dtype in (np.float32, np.float64)):
+            and y.flags.c_contiguous and x.dtype in (np.float32, np.float64)
+            and x.size <= MAX_INT):
         fn = lib.cblas_saxpby if x.dtype == np.float32 else lib.cblas_daxpby
         fn(x.size, a, x.ctypes.data, 1, b, y.ctypes.data, 1)
         return
@@ -120,7 +125,7 @@ def _gemm(dtype):
 
 @functools.lru_cache(maxsize=1)
 def _mkl():
-    """MKL's runtime library with typed GEMM entry points, or None."""
+    """MKL's runtime library with typed GEMM, axpby and VML entry points, or None."""
     choice = os.environ.get(ENV_VAR, "auto")
     if choice not in ("auto", "mkl", "numpy"):
         raise ValueError(f"{ENV_VAR}: expected auto, mkl or numpy, got {choice!r}")
@@ -140,6 +145,11 @@ def _mkl():
         if choice == "mkl":
             raise ImportError(f"{ENV_VAR}=mkl, but MKL's libmkl_rt is not installed in "
                               f"{sys.prefix}/lib (pip install 'gpubp[mkl]')")
+        return None
+    # The declarations below take 32-bit integers: MKL's LP64 interface, whatever
+    # $MKL_INTERFACE_LAYER says. Another library may already have fixed it otherwise.
+    if lib.MKL_Set_Interface_Layer(_LP64) != _LP64:
+        log.warning("gpubp: MKL's LP64 interface could not be set; using NumPy's BLAS")
         return None
     for fn, real in ((lib.cblas_sgemm, ctypes.c_float), (lib.cblas_dgemm, ctypes.c_double)):
         fn.restype = None

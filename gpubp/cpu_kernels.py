@@ -1,7 +1,7 @@
 """The training step's elementwise math on the NumPy backend, arranged for the CPU.
 
-Same functions and signatures as :mod:`gpubp.ops`, their reference (and as
-:mod:`gpubp.cuda_kernels`), and the same results up to rounding:
+The training step's three functions of :mod:`gpubp.ops` (and of :mod:`gpubp.cuda_kernels`),
+with their signatures and, up to rounding, their results:
 
 - :func:`bias_sigmoid` takes its exponential and reciprocal from MKL's vector math (VML)
   when MKL is installed: vectorized, on MKL's threads, at VML's default high accuracy
@@ -21,7 +21,6 @@ import numpy as np
 from gpubp import blas, ops
 
 BLOCK_VALUES = 1 << 16  # values per column block of sigmoid_backward
-VML_MAX_SIZE = 2**31 - 1  # VML's n is a 32-bit MKL_INT
 
 softmax_cross_entropy = ops.softmax_cross_entropy
 
@@ -33,14 +32,16 @@ def bias_sigmoid(z, bias, out=None):
     reciprocal of inf + 1 is 0, as in the reference.
     """
     lib = blas.mkl_library()
-    if lib is None or not isinstance(z, np.ndarray) or getattr(bias, "dtype", None) != z.dtype:
+    if (lib is None or not (isinstance(z, np.ndarray) and isinstance(bias, np.ndarray))
+            or bias.shape != z.shape[-1:]):
         return ops.bias_sigmoid(z, bias, out=out)
-    if out is None:
-        out = np.empty(z.shape, z.dtype, order="F" if _column_major(z) else "C")
-    if not _vml_can_take(z, out):
+    dtype = np.result_type(z, bias)
+    if out is None and dtype in (np.float32, np.float64):
+        out = np.empty(z.shape, dtype, order="F" if _column_major(z) else "C")
+    if not _vml_can_take(out, z.shape):
         return ops.bias_sigmoid(z, bias, out=out)
-    exp, inv = (lib.vsExp, lib.vsInv) if z.dtype == np.float32 else (lib.vdExp, lib.vdInv)
-    np.subtract(-bias, z, out=out)
+    exp, inv = (lib.vsExp, lib.vsInv) if out.dtype == np.float32 else (lib.vdExp, lib.vdInv)
+    np.subtract(-bias.astype(dtype, copy=False), z, out=out)  # −(z + b), as in ops
     exp(out.size, out.ctypes.data, out.ctypes.data)
     out += 1
     inv(out.size, out.ctypes.data, out.ctypes.data)
@@ -55,7 +56,8 @@ def sigmoid_backward(grad_a, a, out=None, bias_grad=None):
     arrays = (grad_a, a) + tuple(x for x in (out, bias_grad) if x is not None)
     if not (all(isinstance(x, np.ndarray) for x in arrays) and a.ndim == 2 and _column_major(a)
             and grad_a.shape == a.shape and (out is None or out.shape == a.shape)
-            and (bias_grad is None or bias_grad.shape == a.shape[1:])):
+            and (bias_grad is None or bias_grad.shape == a.shape[1:])
+            and not _overlaps(out, grad_a, a)):
         return ops.sigmoid_backward(grad_a, a, out=out, bias_grad=bias_grad)
     if out is None:
         out = np.empty(a.shape, np.result_type(grad_a, a), order="F")
@@ -67,17 +69,20 @@ def sigmoid_backward(grad_a, a, out=None, bias_grad=None):
     return out
 
 
-def _vml_can_take(z, out) -> bool:
-    """Whether z and out line up as flat vectors of one VML dtype: NumPy arrays of one
-    shape and dtype, both C- or both F-contiguous."""
-    if not (isinstance(z, np.ndarray) and isinstance(out, np.ndarray)):
+def _vml_can_take(out, shape) -> bool:
+    """Whether ``out`` is a NumPy array of a VML dtype and this shape, contiguous in one
+    order or the other, so that VML can run over it as one flat vector."""
+    return (isinstance(out, np.ndarray) and out.dtype in (np.float32, np.float64)
+            and out.shape == shape and 0 < out.size <= blas.MAX_INT
+            and (out.flags.c_contiguous or out.flags.f_contiguous))
+
+
+def _overlaps(out, grad_a, a) -> bool:
+    """Whether writing ``out`` block by block could overwrite inputs of later blocks
+    (``out`` being ``grad_a`` itself is safe: each block reads its own columns first)."""
+    if out is None:
         return False
-    if z.dtype not in (np.float32, np.float64) or out.dtype != z.dtype or out.shape != z.shape:
-        return False
-    if not 0 < z.size <= VML_MAX_SIZE:
-        return False
-    both_c = z.flags.c_contiguous and out.flags.c_contiguous
-    return both_c or (z.flags.f_contiguous and out.flags.f_contiguous)
+    return (out is not grad_a and np.may_share_memory(out, grad_a)) or np.may_share_memory(out, a)
 
 
 def _column_major(x) -> bool:

@@ -260,8 +260,8 @@ class _Workspace:
     deltas: dL/da^l, then δ^l in place, (B, n_l); grads: [(dW^l, db^l)] like the weights.
 
     On NumPy the hidden layers' buffers are column-major: a GEMM writing a column-major
-    (B, n) product runs as (n, B) = W · aᵀ, which made a step at B = 256 3% faster on MKL
-    and on OpenBLAS than the row-major a · Wᵀ. The CUDA kernels take row-major rows, so
+    (B, n) product runs as (n, B) = W · aᵀ, which made a step at B = 256 2–4% faster on
+    MKL and on OpenBLAS than the row-major a · Wᵀ. The CUDA kernels take row-major rows, so
     CuPy (and any other step ops) get C order.
     """
 

@@ -36,7 +36,9 @@ def bias_sigmoid(z, bias, out=None):
     0, within one subnormal of σ(x).
     """
     xp = array_module(z)
-    out = xp.subtract(-bias, z, out=out)  # −x, exactly −(z + b)
+    bias = xp.asarray(bias)
+    # −x in one pass, exactly −(z + b); b is negated in the result's dtype (never unsigned).
+    out = xp.subtract(-bias.astype(xp.result_type(z, bias), copy=False), z, out=out)
     with np.errstate(over="ignore"):
         xp.exp(out, out=out)
     out += 1

@@ -29,6 +29,29 @@ def test_matmul_equals_numpy_on_every_layout(rng, dtype, rtol):
                                            err_msg=f"{name_a} @ {name_b} into {order} order")
 
 
+@pytest.mark.skipif(not blas.has_mkl(), reason="MKL is not installed")
+def test_a_column_major_product_goes_to_mkl_as_its_transpose(rng, monkeypatch):
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(4, 5))
+    want = a @ b
+
+    def numpy_matmul(*args, **kwargs):
+        raise AssertionError("a column-major out went to numpy.matmul")
+
+    monkeypatch.setattr(blas.np, "matmul", numpy_matmul)
+    out = blas.matmul(a, b, out=np.empty((6, 5), order="F"))
+    np.testing.assert_allclose(out, want, rtol=1e-13)
+
+
+def test_dimensions_beyond_32_bits_go_to_numpy(rng, monkeypatch):
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(4, 5))
+    monkeypatch.setattr(blas, "MAX_INT", 5)
+    assert blas._plan(a, b, np.empty((6, 5))) is None
+    np.testing.assert_allclose(blas.matmul(a, b, out=np.empty((6, 5))), a @ b)
+    y = np.ones(6)
+    blas.axpby(2.0, np.ones(6), 1.0, y)
+    np.testing.assert_array_equal(y, 3.0)
+
+
 @pytest.mark.parametrize("order", "CF")
 def test_matmul_accumulates_with_alpha_and_beta(rng, order):
     a, b = rng.normal(size=(6, 4)), rng.normal(size=(4, 5))

@@ -12,14 +12,35 @@ from gpubp import blas, cpu_kernels, ops
 TOL = {np.float32: 3e-7, np.float64: 1e-15}
 
 
+class CountingLibrary:
+    """MKL's library, counting the calls of each VML function gpubp makes."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, name)
+        if not name.startswith(("vs", "vd")):
+            return fn
+
+        def counted(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*args)
+        return counted
+
+
 @pytest.fixture(params=["mkl", "no-mkl"])
 def vml(request, monkeypatch):
-    """Runs a test with VML (skipped where MKL is missing) and with MKL switched off."""
-    if request.param == "mkl" and blas.mkl_library() is None:
-        pytest.skip("MKL is not installed")
+    """Runs a test with VML (skipped where MKL is missing; the library counts VML calls)
+    and with MKL switched off (None)."""
     if request.param == "no-mkl":
         monkeypatch.setattr(blas, "mkl_library", lambda: None)
-    return request.param
+        return None
+    if blas.mkl_library() is None:
+        pytest.skip("MKL is not installed")
+    counting = CountingLibrary(blas.mkl_library())
+    monkeypatch.setattr(blas, "mkl_library", lambda: counting)
+    return counting
 
 
 def sigmoid64(x):
@@ -41,6 +62,19 @@ def test_bias_sigmoid_matches_the_sigmoid_in_float64(rng, vml, dtype, order):
     assert got.dtype == dtype and got.flags.f_contiguous == (order == "F")
     np.testing.assert_allclose(got, want, rtol=4 * TOL[dtype], atol=TOL[dtype])
     assert np.array_equal(got[0, :5], [0, 1, 1, 0, np.nan], equal_nan=True)
+    if vml is not None:  # the exponential and the reciprocal were VML's
+        prefix = "vs" if dtype == np.float32 else "vd"
+        assert vml.calls == {prefix + "Exp": 1, prefix + "Inv": 1}
+
+
+def test_vml_is_not_given_more_values_than_its_32_bit_count_holds(rng, vml, monkeypatch):
+    monkeypatch.setattr(blas, "MAX_INT", 100)
+    z, bias = rng.normal(size=(11, 10)).astype(np.float32), rng.normal(size=10).astype(np.float32)
+    got = cpu_kernels.bias_sigmoid(z, bias)
+    np.testing.assert_allclose(got, sigmoid64(z.astype(np.float64) + bias), rtol=1e-6)
+    assert vml is None or vml.calls == {}
+    cpu_kernels.bias_sigmoid(z[:10], bias)
+    assert vml is None or vml.calls == {"vsExp": 1, "vsInv": 1}
 
 
 @pytest.mark.parametrize("out_order", ["same", "C", "F", "in_place", "strided"])
@@ -55,10 +89,16 @@ def test_bias_sigmoid_writes_out_on_any_layout(rng, vml, out_order):
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-7)
 
 
-def test_bias_sigmoid_of_mixed_dtypes_follows_the_reference(rng, vml):
+@pytest.mark.parametrize("bias_dtype", [np.float64, np.uint8, np.bool_, np.int64])
+def test_bias_sigmoid_of_mixed_dtypes_follows_the_reference(rng, vml, bias_dtype):
     z = rng.normal(size=(4, 5)).astype(np.float32)
-    bias = rng.normal(size=5)  # float64
-    np.testing.assert_array_equal(cpu_kernels.bias_sigmoid(z, bias), ops.bias_sigmoid(z, bias))
+    bias = np.array([0, 1, 2, 1, 0]).astype(bias_dtype)
+    want = ops.bias_sigmoid(z, bias)
+    got = cpu_kernels.bias_sigmoid(z, bias)
+    assert got.dtype == want.dtype == np.result_type(z, bias)
+    np.testing.assert_allclose(want, sigmoid64(z.astype(np.float64) + bias.astype(np.float64)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -75,6 +115,15 @@ def test_sigmoid_backward_and_bias_gradient_in_blocks(rng, monkeypatch, dtype, o
     np.testing.assert_allclose(out, want, rtol=4 * TOL[dtype], atol=TOL[dtype])
     np.testing.assert_allclose(bias_grad, want.sum(axis=0), rtol=20 * TOL[dtype],
                                atol=20 * TOL[dtype])
+
+
+def test_sigmoid_backward_into_an_overlapping_out_equals_the_reference(rng, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "BLOCK_VALUES", 64)
+    memory = np.asfortranarray(rng.normal(size=(7, 41)).astype(np.float32))
+    a = np.asfortranarray(rng.random((7, 40)).astype(np.float32))
+    want = ops.sigmoid_backward(memory[:, :40].copy(), a)
+    got = cpu_kernels.sigmoid_backward(memory[:, :40], a, out=memory[:, 1:])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_sigmoid_backward_without_out_keeps_the_layout(rng):
