@@ -1,7 +1,7 @@
 """The training step's elementwise math on the NumPy backend, arranged for the CPU.
 
-The training step's three functions of :mod:`gpubp.ops` (and of :mod:`gpubp.cuda_kernels`),
-with their signatures and, up to rounding, their results:
+The three step functions of :mod:`gpubp.ops` (and of :mod:`gpubp.cuda_kernels`), with
+their signatures and, up to rounding, their results:
 
 - :func:`bias_sigmoid` takes its exponential and reciprocal from MKL's vector math (VML)
   when MKL is installed: vectorized, on MKL's threads, at VML's default high accuracy
