@@ -135,7 +135,6 @@ def _train(args) -> int:
                     dtype=args.dtype, seed=args.seed)
     optimizer = gpubp.SGD(lr, momentum=args.momentum, nesterov=args.nesterov,
                           weight_decay=args.weight_decay)
-    every = _checkpoint_every(args.checkpoint_every)
 
     def report(r):
         val = (f"  val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
@@ -158,7 +157,8 @@ def _train(args) -> int:
         validation = 0.1  # early stopping needs held-out data
     checkpointing = {}
     if checkpoint_dir is not None:
-        checkpointing = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": every,
+        checkpointing = {"checkpoint_dir": checkpoint_dir,
+                         "checkpoint_every": args.checkpoint_every,
                          "resume": bool(args.resume), "keep_last": args.keep_last}
         if not args.resume:
             _save_run_options(args, Path(checkpoint_dir), fresh=True)
@@ -214,13 +214,6 @@ def _fill_defaults(args) -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-
-
-def _checkpoint_every(text):
-    """--checkpoint-every as Trainer.fit takes it: an int of epochs, or "Nsteps"/"Nepochs"."""
-    if text is None or isinstance(text, int):
-        return text
-    return int(text) if text.strip().isdigit() else text
 
 
 def _save_run_options(args, directory: Path, fresh: bool) -> None:

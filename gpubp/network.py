@@ -252,7 +252,6 @@ class MLP:
             [self._logits(X[i:i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)])
 
 
-
 class _Workspace:
     """A training step's buffers for one batch size B, reused from step to step.
 

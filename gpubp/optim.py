@@ -81,4 +81,3 @@ class SGD:
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")
-

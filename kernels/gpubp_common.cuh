@@ -36,46 +36,50 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, VEC>& x) {
     *reinterpret_cast<Vec<T, VEC>*>(p) = x;
 }
 
-// Butterfly reductions over groups of `width` lanes (a power of two ≤ 32). Every lane of
-// the warp must call them; each lane gets its group's result. The order is fixed.
-template <typename T>
-__device__ __forceinline__ T group_max(T x, int width) {
+// The two reductions the kernels need, as an identity and a combining step.
+template <typename T> struct MaxOp {
+    static __device__ __forceinline__ T identity() { return neg_inf<T>(); }
+    static __device__ __forceinline__ T combine(T a, T b) { return max_(a, b); }
+};
+template <typename T> struct SumOp {
+    static __device__ __forceinline__ T identity() { return T(0); }
+    static __device__ __forceinline__ T combine(T a, T b) { return a + b; }
+};
+
+// Butterfly reduction over groups of `width` lanes (a power of two ≤ 32). Every lane of
+// the warp must call it; each lane gets its group's result. The order is fixed.
+template <typename Op, typename T>
+__device__ __forceinline__ T group_reduce(T x, int width) {
     for (int offset = width / 2; offset > 0; offset /= 2)
-        x = max_(x, __shfl_xor_sync(0xffffffffu, x, offset, width));
+        x = Op::combine(x, __shfl_xor_sync(0xffffffffu, x, offset, width));
     return x;
 }
 
-template <typename T>
-__device__ __forceinline__ T group_sum(T x, int width) {
-    for (int offset = width / 2; offset > 0; offset /= 2)
-        x += __shfl_xor_sync(0xffffffffu, x, offset, width);
-    return x;
-}
-
-// Block-wide reductions; every thread gets the result. `scratch` holds ≥ 32 values.
+// Block-wide reduction; every thread gets the result. `scratch` holds ≥ 32 values.
 // Called by all threads of the block; they synchronize twice.
-template <typename T>
-__device__ __forceinline__ T block_max(T x, T* scratch) {
+template <typename Op, typename T>
+__device__ __forceinline__ T block_reduce(T x, T* scratch) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
-    x = group_max(x, 32);
+    x = group_reduce<Op>(x, 32);
     if (lane == 0) scratch[warp] = x;
     __syncthreads();
-    x = lane < warps ? scratch[lane] : neg_inf<T>();
-    x = group_max(x, 32);
+    x = lane < warps ? scratch[lane] : Op::identity();
+    x = group_reduce<Op>(x, 32);
     __syncthreads();  // scratch may be reused right after
     return x;
 }
 
-template <typename T>
-__device__ __forceinline__ T block_sum(T x, T* scratch) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
-    x = group_sum(x, 32);
-    if (lane == 0) scratch[warp] = x;
-    __syncthreads();
-    x = lane < warps ? scratch[lane] : T(0);
-    x = group_sum(x, 32);
-    __syncthreads();
-    return x;
+template <typename T> __device__ __forceinline__ T group_max(T x, int width) {
+    return group_reduce<MaxOp<T>>(x, width);
+}
+template <typename T> __device__ __forceinline__ T group_sum(T x, int width) {
+    return group_reduce<SumOp<T>>(x, width);
+}
+template <typename T> __device__ __forceinline__ T block_max(T x, T* scratch) {
+    return block_reduce<MaxOp<T>>(x, scratch);
+}
+template <typename T> __device__ __forceinline__ T block_sum(T x, T* scratch) {
+    return block_reduce<SumOp<T>>(x, scratch);
 }
 
 // The batch-mean loss in the same launch: each block adds its rows' losses (in a fixed

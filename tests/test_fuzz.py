@@ -172,11 +172,14 @@ def test_csv_with_only_a_label_column_is_a_data_error(tmp_path):
         load_file(path)
 
 
-def test_npz_header_that_numpy_cannot_tokenize_is_a_data_error(tmp_path):
+@pytest.mark.parametrize("found,replaced", [
+    (b"'descr'", b"('descr'"),  # a header NumPy cannot tokenize
+    (b"(3,)", b"(99999999999999999999,)"),  # a shape beyond a C long
+], ids=["untokenizable-header", "shape-beyond-c-long"])
+def test_npz_header_numpy_cannot_parse_is_a_data_error(tmp_path, found, replaced):
     npy = fuzz_loaders._npy_bytes(np.zeros(3))
-    broken = npy.replace(b"'descr'", b"('descr'")
-    path = tmp_path / "tok.npz"
-    path.write_bytes(npz_with_member("X.npy", broken))
+    path = tmp_path / "header.npz"
+    path.write_bytes(npz_with_member("X.npy", npy.replace(found, replaced)))
     with pytest.raises(DataError, match="not a readable .npz"):
         load_file(path)
 
@@ -191,14 +194,6 @@ def test_npz_member_with_an_unsupported_compression_method_is_a_data_error(tmp_p
     with pytest.raises(DataError, match="not a readable .npz"):
         load_file(path)
 
-
-def test_npz_shape_beyond_a_c_long_is_a_data_error(tmp_path):
-    npy = fuzz_loaders._npy_bytes(np.zeros(3))
-    huge = npy.replace(b"(3,)", b"(99999999999999999999,)")
-    path = tmp_path / "long.npz"
-    path.write_bytes(npz_with_member("X.npy", huge))
-    with pytest.raises(DataError, match="not a readable .npz"):
-        load_file(path)
 
 
 def test_mnist_pair_of_wrong_dtype_or_empty_is_a_data_error():

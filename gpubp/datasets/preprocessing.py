@@ -27,6 +27,11 @@ class StandardScaler(_AffineScaler):
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
+    @property
+    def mean_(self) -> np.ndarray:
+        """The fitted per-feature means (the offset)."""
+        return self.offset_
+
 
 class MinMaxScaler(_AffineScaler):
     """x ← (x − min) / (max − min) per feature, into [0, 1] on the training data."""
@@ -37,6 +42,11 @@ class MinMaxScaler(_AffineScaler):
         span = X.max(axis=0) - self.offset_
         self.scale_ = np.where(span > 0, span, 1.0)
         return self
+
+    @property
+    def min_(self) -> np.ndarray:
+        """The fitted per-feature minima (the offset)."""
+        return self.offset_
 
 
 def stratified_indices(labels, fraction: float, rng: np.random.Generator, name="fraction"):
