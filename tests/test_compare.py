@@ -11,7 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
 
 import gpubp  # noqa: E402
+from gpubp import blas  # noqa: E402
 from bench import compare, naive_numpy  # noqa: E402
+from bench.peers import gemm_only_peer  # noqa: E402
 from bench.worker import run_job  # noqa: E402
 
 TINY = {"sizes": [12, 7, 5, 3], "batch_size": 16, "lr": 0.1, "seed": 0, "warmup": 1,
@@ -53,7 +55,8 @@ def test_naive_epoch_lowers_the_loss():
     assert weights[0].dtype == np.float32 and last < first
 
 
-@pytest.mark.parametrize("peer", ["gpubp-numpy", "naive-numpy", "sklearn", "torch-eager-cpu"])
+@pytest.mark.parametrize("peer", ["gpubp-numpy", "naive-numpy", "sklearn", "torch-eager-cpu",
+                                  "gemm-only"])
 def test_each_cpu_peer_trains_or_says_why_not(peer, tiny_data):
     result = run_job({"peer": peer, "point": TINY, "data": tiny_data})
     if result["status"] == "skipped":  # e.g. torch or scikit-learn not installed
@@ -61,7 +64,33 @@ def test_each_cpu_peer_trains_or_says_why_not(peer, tiny_data):
         return
     assert result["status"] == "measured", result.get("reason")
     assert len(result["epoch_s"]) == 2 and all(s > 0 for s in result["epoch_s"])
-    assert np.isfinite(result["final_loss"]) and result["peak_rss_bytes"] > 0
+    assert result["peak_rss_bytes"] > 0
+    if peer != "gemm-only":  # the ceiling trains nothing, so it has no loss
+        assert np.isfinite(result["final_loss"])
+
+
+def test_gemm_only_peer_runs_exactly_the_gemms_of_gpubps_step(monkeypatch):
+    """Same products, operand layouts, shapes and accumulation, in the same order, as
+    gpubp's fused SGD step: the ceiling is gpubp's own GEMM work, nothing less."""
+    real_matmul = blas.matmul
+    calls = []
+
+    def recording_matmul(a, b, out, alpha=1.0, beta=0.0):
+        # A column-major out comes back here as outᵀ = bᵀ aᵀ: only row-major GEMMs count.
+        if out.flags.c_contiguous:
+            calls.append(tuple((m.shape, m.flags.c_contiguous) for m in (a, b, out))
+                         + (alpha != 0, beta))
+        return real_matmul(a, b, out, alpha, beta)
+
+    monkeypatch.setattr(blas, "matmul", recording_matmul)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 3, 16)
+    net = gpubp.MLP(TINY["sizes"], backend="numpy", seed=0)
+    net.sgd_step_prepared(X, net.prepare_targets(y, 16), 0.1)
+    gpubp_calls, calls[:] = list(calls), []
+    gemm_only_peer.run(X, y, {**TINY, "warmup": 0, "repeats": 1})
+    assert len(gpubp_calls) == 3 + 3 + 2
+    assert calls == gpubp_calls
 
 
 def test_a_missing_library_is_skipped_not_faked(monkeypatch, tiny_data):

@@ -51,6 +51,8 @@ PEERS = {p.name: p for p in (
          {"device": "cpu", "compile": True}),
     Peer("sklearn", "bench.peers.sklearn_peer", "cpu", "gpubp-numpy"),
     Peer("naive-numpy", "bench.peers.naive_peer", "cpu", "gpubp-numpy"),
+    # Only the step's GEMMs: the ceiling on this BLAS, a row of its own when asked for.
+    Peer("gemm-only", "bench.peers.gemm_only_peer", "cpu", "gpubp-numpy", default=False),
     Peer("gpubp-cupy", "bench.peers.gpubp_peer", "cuda", "gpubp-cupy", {"backend": "cupy"}),
     Peer("torch-eager-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy", {"device": "cuda"}),
     Peer("torch-compile-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy",
