@@ -102,13 +102,12 @@ def run_comparison(config: CompareConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpubp-compare-") as data_dir:
         np.save(Path(data_dir) / "X.npy", X)
         np.save(Path(data_dir) / "y.npy", y)
+        deadline = None if config.budget_s is None else started + config.budget_s
         for sweeps, sizes, batch in configurations(config):
             point = {"sizes": list(sizes), "batch_size": batch, "lr": config.lr,
                      "seed": config.seed, "warmup": config.warmup, "repeats": config.repeats,
                      "threads": config.threads}
-            outcomes = run_rounds(peers, point, data_dir, config, unavailable,
-                                  deadline=None if config.budget_s is None
-                                  else started + config.budget_s)
+            outcomes = run_rounds(peers, point, data_dir, config, unavailable, deadline)
             for peer in peers:
                 record = {"peer": peer.name, "device": peer.device, "sweeps": sweeps,
                           "sizes": list(sizes), "hidden_width": sizes[1], "batch_size": batch,
@@ -177,7 +176,7 @@ def load_data(config: CompareConfig):
         data_dir = config.data_dir or (DEFAULT_MNIST_DIR if DEFAULT_MNIST_DIR.is_dir() else None)
         try:
             mnist = load_mnist(data_dir, download=False)
-            X, y, note = mnist.X_train, mnist.y_train.astype(np.int64), f"MNIST train ({data_dir})"
+            X, y, note = mnist.X_train, mnist.y_train, f"MNIST train ({data_dir})"
         except Exception as e:  # absent or unreadable: fall back, and say so
             note = f"synthetic (MNIST not loaded: {type(e).__name__}: {e})"
     elif config.data == "mnist":
@@ -187,11 +186,11 @@ def load_data(config: CompareConfig):
     if X is None:
         rng = np.random.default_rng(config.seed)
         X = rng.random((config.rows, config.n_in), dtype=np.float32)
-        y = rng.integers(0, config.n_classes, config.rows).astype(np.int64)
+        y = rng.integers(0, config.n_classes, config.rows)
     if X.shape[0] < config.rows:
         note += f", its {X.shape[0]} rows tiled to {config.rows}"
     rows = np.arange(config.rows) % X.shape[0]
-    return np.ascontiguousarray(X[rows]), np.ascontiguousarray(y[rows]), note
+    return X[rows], y[rows], note  # fancy indexing: fresh C-contiguous copies
 
 
 def run_worker(peer, point: dict, data_dir: str, config: CompareConfig) -> dict:
@@ -227,13 +226,14 @@ def summarize(outcomes: list, rows: int) -> dict:
     epoch_s = [s for o in measured for s in o["epoch_s"]]
     median_s = float(np.median(epoch_s))
 
-    def largest_mib(key, of=measured):
-        values = [o[key] for o in of if o.get(key) is not None]
+    def largest_mib(key):
+        values = [o[key] for o in measured if o.get(key) is not None]
         return max(values) / MiB if values else None
 
     record = {"status": "measured", "samples_per_s": rows / median_s, "median_epoch_s": median_s,
               "best_samples_per_s": rows / min(epoch_s),
-              "spread": (max(epoch_s) - min(epoch_s)) / median_s, "epoch_s": epoch_s, "final_loss": measured[-1].get("final_loss"),
+              "spread": (max(epoch_s) - min(epoch_s)) / median_s, "epoch_s": epoch_s,
+              "final_loss": measured[-1].get("final_loss"),
               "peak_rss_MiB": largest_mib("peak_rss_bytes"),
               "rss_growth_MiB": max(((o["peak_rss_bytes"] - o["rss_before_bytes"]) / MiB
                                      for o in measured if o.get("rss_before_bytes")), default=None),
@@ -290,8 +290,13 @@ def machine_facts(threads: int) -> dict:
 
 # ---- output -------------------------------------------------------------------------------
 
+def hidden_label(r: dict) -> str:
+    """The record's hidden widths, e.g. "1024-1024"."""
+    return "-".join(map(str, r["sizes"][1:-1]))
+
+
 def progress_line(r: dict) -> str:
-    where = f"{r['peer']:<22} {'-'.join(map(str, r['sizes'][1:-1])):>10} B={r['batch_size']:<6}"
+    where = f"{r['peer']:<22} {hidden_label(r):>10} B={r['batch_size']:<6}"
     if r["status"] == "measured":
         return f"{where} {r['samples_per_s']:>10,.0f} samples/s"
     return f"{where} {r['status']}: {r['reason']}"
@@ -315,7 +320,7 @@ def format_table(report: dict) -> str:
     for r in report["results"]:
         if r["status"] != "measured":
             continue
-        lines.append(f"{r['peer']:<22} {'-'.join(map(str, r['sizes'][1:-1])):>10} "
+        lines.append(f"{r['peer']:<22} {hidden_label(r):>10} "
                      f"{r['batch_size']:>6} {r['samples_per_s']:>10,.0f} "
                      f"{num(r['gpubp_over_peer'], '.2f'):>10} {r['spread']:>6.0%} "
                      f"{r['peak_rss_MiB']:>12.0f} "
@@ -416,12 +421,9 @@ def main(argv=None) -> dict:
                                                "CUDA peer was measured)")
     p.add_argument("--json", action="store_true", help="also print the JSON report last")
     args = p.parse_args(argv)
-    config = CompareConfig(
-        batch_sizes=args.batch_sizes, widths=args.widths, width=args.width,
-        width_batch=args.width_batch, hidden_layers=args.hidden_layers, peers=args.peers,
-        device=args.device, data=args.data, data_dir=args.data_dir, rows=args.rows,
-        warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, lr=args.lr,
-        threads=args.threads, budget_s=args.budget_s, timeout_s=args.timeout_s)
+    given = vars(args)  # the options are named as CompareConfig's fields
+    config = CompareConfig(**{f.name: given[f.name] for f in dataclasses.fields(CompareConfig)
+                              if f.name in given})
     report = run_comparison(config)
     gpu_measured = any(r["status"] == "measured" and r["device"] == "cuda"
                        for r in report["results"])

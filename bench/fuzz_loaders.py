@@ -22,7 +22,6 @@ import argparse
 import base64
 import copy
 import gzip
-import hashlib
 import io
 import json
 import random
@@ -282,15 +281,14 @@ class CheckpointTarget(Target):
     def build(self, seed, ops, variant):
         from gpubp import checkpoint
 
-        head = len(checkpoint.MAGIC) + checkpoint.DIGEST_SIZE
         if variant == 0:
             data = mutate(seed, ops)
         elif variant == 1:
-            data = _seal(mutate(seed[head:], ops))
+            data = _seal(mutate(seed[checkpoint.HEAD:], ops))
         elif variant == 2:
-            data = _seal(_mutate_safetensors_header(seed[head:], ops))
+            data = _seal(_mutate_safetensors_header(seed[checkpoint.HEAD:], ops))
         else:
-            data = _seal(_edit_state(seed[head:], ops))
+            data = _seal(_edit_state(seed[checkpoint.HEAD:], ops))
         return {"c.ckpt": data}, len(data)
 
     def load(self, paths):
@@ -310,7 +308,7 @@ class CheckpointTarget(Target):
 def _seal(body: bytes) -> bytes:
     from gpubp import checkpoint
 
-    return checkpoint.MAGIC + hashlib.sha256(body).digest() + body
+    return checkpoint.seal(body)
 
 
 _CONFIG = {}
@@ -323,7 +321,7 @@ def _seed_config() -> dict:
 
     if not _CONFIG:
         seed = CheckpointTarget().seeds()[0]
-        body = seed[len(checkpoint.MAGIC) + checkpoint.DIGEST_SIZE:]
+        body = seed[checkpoint.HEAD:]
         _CONFIG.update(json.loads(read_safetensors(body)[0]["state"])["config"])
     return _CONFIG
 

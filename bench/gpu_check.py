@@ -32,8 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpubp  # noqa: E402
+from gpubp import ops as reference_ops  # noqa: E402
 from gpubp.backend import cuda_versions, get_backend  # noqa: E402
-from bench.kernel_times import time_events  # noqa: E402
+from bench.kernel_times import run as kernel_times, time_events  # noqa: E402
+from bench.peers.torch_peer import torch_mlp  # noqa: E402
 
 STEP_BATCHES = (64, 256, 4096, 65536)
 STEP_SIZES = (784, 1024, 1024, 10)
@@ -77,9 +79,6 @@ def main() -> None:
     section("device", lambda: device_facts(backend))
     section("copy_bandwidth_GBps", lambda: copy_bandwidth(cp))
     section("tests", lambda: run_gpu_tests(out, timeout=min(240, remaining(deadline))))
-
-    from bench.kernel_times import run as kernel_times
-
     copy_GBps = report["copy_bandwidth_GBps"]
     section("kernels", lambda: kernel_times(copy_GBps if isinstance(copy_GBps, float) else None))
     section("step_time", lambda: [step_times(backend, batch) for batch in STEP_BATCHES])
@@ -193,11 +192,11 @@ def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dic
     Xd, yd = cp.asarray(X), cp.asarray(y)
     result = {"batch": batch, "sizes": list(sizes), "tf32": tf32}
 
-    for label, kernels in (("gpubp", "1"), ("gpubp_reference_ops", "0")):
+    for label, kernels in (("gpubp", True), ("gpubp_reference_ops", False)):
         pool.free_all_blocks()
         seconds, used, held = gpubp_step_time(backend, sizes, Xd, yd, steps, kernels)
         result[f"{label}_s"], result[f"{label}_samples_per_s"] = seconds, batch / seconds
-        if kernels == "1":
+        if kernels:
             result["pool_used_bytes_after_steps_1_to_5"] = used
             result["pool_used_constant_after_step_2"] = len(set(used[1:])) == 1
             result["pool_total_bytes_after_steps"] = held
@@ -211,13 +210,14 @@ def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dic
     return result
 
 
-def gpubp_step_time(backend, sizes, X, y, steps, kernels: str):
+def gpubp_step_time(backend, sizes, X, y, steps, kernels: bool):
     """(seconds per step, CuPy pool used bytes after each of the first 5 steps, bytes the
     pool holds after the timed steps: it keeps every block it ever reserved, so this is its
-    peak reservation since the caller's ``free_all_blocks``)."""
-    os.environ["GPUBP_CUDA_KERNELS"] = kernels
+    peak reservation since the caller's ``free_all_blocks``). ``kernels`` False: the
+    reference ops on CuPy, as with $GPUBP_CUDA_KERNELS=0."""
     net = gpubp.MLP(sizes, backend=backend, seed=0)
-    os.environ.pop("GPUBP_CUDA_KERNELS")
+    if not kernels:
+        net._ops = reference_ops
     opt = gpubp.SGD(0.01)
     params = net.parameters()
     sync = backend.synchronize
@@ -243,10 +243,7 @@ def torch_step_time(sizes, X, y, steps, tf32: bool) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     dev = torch.device("cuda")
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(n_in, n_out), torch.nn.Sigmoid()]
-    model = torch.nn.Sequential(*layers[:-1]).to(dev)
+    model = torch_mlp(sizes).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
 

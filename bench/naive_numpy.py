@@ -47,17 +47,22 @@ def loss_and_grads(weights, biases, X, y):
     return loss, grads
 
 
+def sgd_step(weights, biases, X, y, lr):
+    """One step of plain SGD on the batch (X, y), in place. Returns the batch's loss."""
+    with np.errstate(over="ignore"):  # e^(−z) → inf for z ≪ 0 gives σ = 0, as it should
+        loss, grads = loss_and_grads(weights, biases, X, y)
+    for W, b, (dW, db) in zip(weights, biases, grads):
+        W -= lr * dW
+        b -= lr * db
+    return loss
+
+
 def train_epoch(weights, biases, X, y, batch_size, lr, rng):
     """One pass of plain SGD over shuffled minibatches, in place. Returns the mean loss."""
     n = X.shape[0]
     order = rng.permutation(n)
     loss_sum = 0.0
-    with np.errstate(over="ignore"):  # e^(−z) → inf for z ≪ 0 gives σ = 0, as it should
-        for i in range(0, n, batch_size):
-            rows = order[i:i + batch_size]
-            loss, grads = loss_and_grads(weights, biases, X[rows], y[rows])
-            for W, b, (dW, db) in zip(weights, biases, grads):
-                W -= lr * dW
-                b -= lr * db
-            loss_sum += float(loss) * rows.shape[0]
+    for i in range(0, n, batch_size):
+        rows = order[i:i + batch_size]
+        loss_sum += float(sgd_step(weights, biases, X[rows], y[rows], lr)) * rows.shape[0]
     return loss_sum / n

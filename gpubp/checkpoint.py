@@ -31,6 +31,7 @@ from gpubp.serialization import read_safetensors
 
 MAGIC = b"GPUBPCK1"
 DIGEST_SIZE = 32
+HEAD = len(MAGIC) + DIGEST_SIZE  # bytes before the body
 FORMAT = "gpubp.checkpoint"
 VERSION = "1"
 NAME = re.compile(r"ckpt-(\d{12})\.ckpt")
@@ -69,7 +70,7 @@ def write_checkpoint(directory, step: int, tensors: dict, state: dict, *,
                             metadata=metadata)
     path = checkpoint_path(directory, step)
     with atomic_writer(path) as f:
-        f.write(MAGIC + hashlib.sha256(body).digest())
+        f.write(_head(body))
         f.write(body)
     rotate(directory, keep_last)
     return path
@@ -84,11 +85,10 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     """
     path = Path(path)
     data = path.read_bytes()
-    head = len(MAGIC) + DIGEST_SIZE
-    if len(data) < head or not data.startswith(MAGIC):
+    if len(data) < HEAD or not data.startswith(MAGIC):
         raise CheckpointError(f"{path}: not a gpubp checkpoint (no {MAGIC!r} header)")
-    body = memoryview(data)[head:]
-    if hashlib.sha256(body).digest() != data[len(MAGIC):head]:
+    body = memoryview(data)[HEAD:]
+    if _head(body) != data[:HEAD]:
         raise CheckpointError(f"{path}: checksum mismatch; the file is truncated or corrupt")
     try:
         metadata, tensors = read_safetensors(bytes(body))
@@ -107,24 +107,32 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return tensors, state
 
 
-def load_latest(directory, accept=None):
-    """The newest checkpoint in ``directory`` that reads (and that ``accept`` takes).
+def seal(body: bytes) -> bytes:
+    """A checkpoint file's bytes for a safetensors ``body``: magic, checksum, body."""
+    return _head(body) + body
+
+
+def _head(body) -> bytes:
+    return MAGIC + hashlib.sha256(body).digest()
+
+
+def load_latest(directory, accept):
+    """The newest checkpoint in ``directory`` that reads and that ``accept`` takes.
 
     Each newer file that fails is skipped with a :class:`CheckpointWarning` naming why.
     ``accept(path, tensors, state)`` may raise CheckpointError to reject a file too;
     a CheckpointMismatchError from it is raised, not skipped.
-    Returns (path, tensors, state, result of accept), or None when no file loads.
+    Returns (path, what accept returned), or None when no file loads.
     """
     for path in reversed(list_checkpoints(directory)):
         try:
-            tensors, state = read_checkpoint(path)
-            accepted = accept(path, tensors, state) if accept is not None else None
+            accepted = accept(path, *read_checkpoint(path))
         except CheckpointMismatchError:
             raise
         except CheckpointError as why:
             warnings.warn(f"skipping checkpoint {path}: {why}", CheckpointWarning, stacklevel=2)
             continue
-        return path, tensors, state, accepted
+        return path, accepted
     return None
 
 

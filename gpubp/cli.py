@@ -128,29 +128,27 @@ def _train(args) -> int:
     if args.resume:
         _restore_run_options(args, Path(args.resume))
     _fill_defaults(args)
-    epochs, batch_size, lr = args.epochs, args.batch_size, args.lr
 
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
                     dtype=args.dtype, seed=args.seed)
-    optimizer = gpubp.SGD(lr, momentum=args.momentum, nesterov=args.nesterov,
+    optimizer = gpubp.SGD(args.lr, momentum=args.momentum, nesterov=args.nesterov,
                           weight_decay=args.weight_decay)
 
     def report(r):
         val = (f"  val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
                if r["val_loss"] is not None else "")
-        print(f"epoch {r['epoch']:>3}/{epochs}  loss {r['train_loss']:.4f}{val}  "
+        print(f"epoch {r['epoch']:>3}/{args.epochs}  loss {r['train_loss']:.4f}{val}  "
               f"lr {r['lr']:.4g}  {r['wall_time']:.2f}s  {r['samples_per_s']:,.0f} samples/s",
               flush=True)
 
-    trainer = gpubp.Trainer(net, optimizer, batch_size=batch_size, epochs=epochs, seed=args.seed,
-                            schedule=make_schedule(args.schedule, step_size=args.step_size,
-                                                   gamma=args.gamma),
-                            patience=args.patience,
+    schedule = make_schedule(args.schedule, step_size=args.step_size, gamma=args.gamma)
+    trainer = gpubp.Trainer(net, optimizer, batch_size=args.batch_size, epochs=args.epochs,
+                            seed=args.seed, schedule=schedule, patience=args.patience,
                             progress=not args.quiet, on_epoch=None if args.quiet else report)
     if not args.quiet:
-        print(f"gpubp: training {net} on {data}, {optimizer}, batch {batch_size}, "
-              f"{epochs} epochs", flush=True)
+        print(f"gpubp: training {net} on {data}, {optimizer}, batch {args.batch_size}, "
+              f"{args.epochs} epochs", flush=True)
     started = time.perf_counter()
     validation = args.validation
     if validation is None and args.patience is not None:
@@ -161,16 +159,20 @@ def _train(args) -> int:
                          "checkpoint_every": args.checkpoint_every,
                          "resume": bool(args.resume), "keep_last": args.keep_last}
         if not args.resume:
-            _save_run_options(args, Path(checkpoint_dir), fresh=True)
+            if checkpoint.list_checkpoints(checkpoint_dir):  # before run.json is written
+                raise ValueError(f"--checkpoint-dir: {checkpoint_dir} already holds "
+                                 f"checkpoints; continue that run with --resume "
+                                 f"{checkpoint_dir}, or use an empty directory")
+            _save_run_options(args, Path(checkpoint_dir))
     try:
         history = trainer.fit(data.X_train, data.y_train, validation=validation,
                               **checkpointing)
     except TrainingInterrupted:
         if args.resume:  # resumed, so the options fit the checkpoints: keep a new --epochs
-            _save_run_options(args, Path(checkpoint_dir), fresh=False)
+            _save_run_options(args, Path(checkpoint_dir))
         raise
     if args.resume:
-        _save_run_options(args, Path(checkpoint_dir), fresh=False)
+        _save_run_options(args, Path(checkpoint_dir))
     train_time = time.perf_counter() - started
     if args.save:
         net.save(args.save)
@@ -182,7 +184,7 @@ def _train(args) -> int:
         print(json.dumps({
             "dataset": data.name, "layer_sizes": list(net.layer_sizes), "backend": net.backend.name,
             "device": net.backend.device_name, "dtype": net.dtype.name, "seed": args.seed,
-            "epochs": len(history), "batch_size": batch_size, "lr": lr,
+            "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
             "train_loss": history[-1]["train_loss"], "val_loss": history[-1]["val_loss"],
             "val_accuracy": history[-1]["val_accuracy"], "test_loss": test["loss"],
             "test_accuracy": test["accuracy"], "train_time_s": train_time,
@@ -216,12 +218,8 @@ def _fill_defaults(args) -> None:
             setattr(args, key, value)
 
 
-def _save_run_options(args, directory: Path, fresh: bool) -> None:
+def _save_run_options(args, directory: Path) -> None:
     """Record the resolved options of a checkpointed run in DIR/run.json."""
-    if fresh and checkpoint.list_checkpoints(directory):
-        raise ValueError(f"--checkpoint-dir: {directory} already holds checkpoints; "
-                         f"continue that run with --resume {directory}, or use an empty "
-                         "directory")
     options = {key: getattr(args, key) for key in RUN_OPTIONS}
     with atomic_writer(directory / RUN_FILE) as f:
         f.write(json.dumps(options, indent=1).encode())

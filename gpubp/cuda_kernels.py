@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from gpubp import ops
 from gpubp.errors import DataError, GpubpError
+from gpubp.fileio import atomic_writer, user_cache_dir
 
 SOURCES = ("softmax_xent.cu", "sigmoid.cu")
 COMMON_HEADER = "gpubp_common.cuh"
@@ -136,8 +136,7 @@ def _nvrtc():
 def _cache_path(name: str, arch: str) -> Path:
     key = hashlib.sha256("\0".join(
         [kernel_source(name), *compile_options(arch), repr(nvrtc_version())]).encode()).hexdigest()
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "gpubp" / "kernels" / f"{Path(name).stem}-{arch}-{key[:16]}.bin"
+    return user_cache_dir("kernels") / f"{Path(name).stem}-{arch}-{key[:16]}.bin"
 
 
 def _binary(name: str, arch: str) -> bytes:
@@ -149,10 +148,7 @@ def _binary(name: str, arch: str) -> bytes:
         pass
     binary = compile_source(name, arch)
     try:
-        from gpubp.fileio import atomic_writer
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(path) as f:
+        with atomic_writer(path) as f:  # makes the directory too
             f.write(binary)
     except OSError:
         pass  # a read-only cache only costs a compile next time

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file beside the target, fsync, then rename."""
+"""Atomic file writes (a temporary file beside the target, fsync, then rename), and
+the per-user cache directory."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/gpubp/<parts>`` (``~/.cache`` when the variable is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base, "gpubp", *parts)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from gpubp import blas
 from gpubp.backend import array_module, is_device_array
 from gpubp.cuda_kernels import sgd_update  # imports cupy only when it runs
@@ -46,14 +48,13 @@ class SGD:
             if is_device_array(p):
                 self._step_on_device(i, p, g)
                 continue
-            xp = array_module(p)
             scratch = self._scratch[i]
             if (self.weight_decay or self.nesterov) and (
                     scratch is None or scratch.shape != p.shape or scratch.dtype != p.dtype):
-                scratch = self._scratch[i] = xp.empty_like(p)
+                scratch = self._scratch[i] = np.empty_like(p)
             if self.weight_decay:
-                xp.multiply(p, self.weight_decay, out=scratch)
-                g = xp.add(scratch, g, out=scratch)
+                np.multiply(p, self.weight_decay, out=scratch)
+                g = np.add(scratch, g, out=scratch)
             if self.momentum:
                 v = self.velocity[i]
                 if v is None:
@@ -61,7 +62,10 @@ class SGD:
                 else:
                     blas.axpby(1.0, g, self.momentum, v)  # v ← g + momentum·v
                 if self.nesterov:
-                    g = xp.add(g, xp.multiply(v, self.momentum), out=scratch)
+                    if g is not scratch:
+                        np.copyto(scratch, g)
+                    blas.axpby(self.momentum, v, 1.0, scratch)  # g + momentum·v
+                    g = scratch
                 else:
                     g = v
             blas.axpby(-self.lr, g, 1.0, p)  # p ← p − lr·g

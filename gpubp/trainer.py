@@ -141,7 +141,9 @@ class Trainer:
                            self._run_config(X, targets, X_val, t_val))
             if resume:
                 run = saver.resume()
-            saver.check_fresh(resume)
+                rng.bit_generator.state = run.rng_state  # the permutation is redrawn
+            else:
+                saver.check_fresh()
         history = run.history
         try:
             with stop_requests(enabled=saver is not None) as stop:
@@ -166,7 +168,6 @@ class Trainer:
             run.loss_sum = net.backend.xp.zeros((), dtype=np.float64)  # stays on the device
             run.first_loss, run.elapsed = None, 0.0
         self.optimizer.lr = run.lr
-        rng.bit_generator.state = run.rng_state  # the permutation is redrawn on resume
         clock = time.perf_counter() - run.elapsed
 
         def after_step():
@@ -313,9 +314,9 @@ class _Saver:
         self.keep_last, self.config = keep_last, config
         self.saved_at, self.path = None, None  # (epoch, batch, step) written or loaded
 
-    def check_fresh(self, resume: bool) -> None:
+    def check_fresh(self) -> None:
         """A fresh run must not mix its checkpoints with an older run's."""
-        if not resume and checkpoint.list_checkpoints(self.directory):
+        if checkpoint.list_checkpoints(self.directory):
             raise ValueError(f"checkpoint_dir: {self.directory} already holds checkpoints; "
                              "pass resume=True to continue that run, or use an empty directory")
 
@@ -330,7 +331,7 @@ class _Saver:
         found = checkpoint.load_latest(self.directory, accept)
         if found is None:
             raise CheckpointError(f"resume: no complete checkpoint in {self.directory}")
-        self.path, _, _, (run, arrays) = found
+        self.path, (run, arrays) = found
         trainer.net.load_state(arrays["param"])
         if hasattr(trainer.optimizer, "velocity"):
             trainer.optimizer.velocity = arrays.get("velocity")

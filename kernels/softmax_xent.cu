@@ -53,23 +53,42 @@ __device__ __forceinline__ T quiet_nan() {
     return T(0) / T(0) + T(0);  // evaluated at run time; NVRTC keeps it a NaN
 }
 
-// The gradient element and the loss terms for column j, given sh_j = z_j − max.
-// Adds t_j·sh_j to `dot` and t_j to `tsum` (zero targets skipped, so 0·(−inf) never
-// appears). Returns (e^{sh_j}/s − t_j)·scale.
+// t_j for column j: the dense target, or 1 at the label.
 template <typename T>
-__device__ __forceinline__ T grad_and_terms(T sh, T inv_s, T scale, const RowTarget& rt,
-                                            const T* target_row, i64 j, T& dot, T& tsum) {
-    T t = T(0);
-    if (rt.dense) {
-        t = target_row[j];
-    } else if (j == rt.label) {
-        t = T(1);
-    }
+__device__ __forceinline__ T target_at(const RowTarget& rt, const T* target_row, i64 j) {
+    return rt.dense ? target_row[j] : T(j == rt.label ? 1 : 0);
+}
+
+// (e^{sh}/s − t)·scale; adds t·sh to `dot` and t to `tsum` (zero t skipped: no 0·(−inf)).
+template <typename T>
+__device__ __forceinline__ T grad_term(T sh, T t, T inv_s, T scale, T& dot, T& tsum) {
     if (t != T(0)) {
         dot += t * sh;
         tsum += t;
     }
     return (exp_(sh) * inv_s - t) * scale;
+}
+
+// A bad row gives NaN, an ignored row 0.
+template <typename T>
+__device__ __forceinline__ T masked(T v, const RowTarget& rt) {
+    return rt.bad ? quiet_nan<T>() : rt.counted ? v : T(0);
+}
+
+// The row's loss out: `writer` (one thread per row) stores it and flags a bad label;
+// with mean_out, every thread of the block joins finish_mean.
+template <typename T>
+__device__ __forceinline__ void emit_loss(T loss, const RowTarget& rt, bool writer, i64 row,
+                                          T* loss_rows, int* bad_label, double* mean_partials,
+                                          unsigned int* ticket, T* mean_out, double* scratch) {
+    loss = masked(loss, rt);
+    if (writer) {
+        if (loss_rows) loss_rows[row] = loss;
+        if (rt.bad) *bad_label = 1;
+    }
+    if (mean_out)
+        finish_mean(writer ? double(loss) : 0.0, writer && rt.counted ? 1.0 : 0.0,
+                    mean_partials, ticket, mean_out, scratch);
 }
 
 template <typename T>
@@ -119,26 +138,14 @@ __device__ void xent_small(const T* logits, const void* labels, int labels_64,
     for (int i = 0; i < SMALL_ITEMS; ++i) {
         const i64 j = lane + static_cast<i64>(i) * group;
         if (!valid || j >= cols) continue;
-        T g = grad_and_terms(sh[i], inv_s, scale, rt, target_row, j, dot, tsum);
-        if (!rt.counted) g = T(0);
-        if (rt.bad) g = quiet_nan<T>();
-        if (grad) grad[base + j] = g;
+        const T g = grad_term(sh[i], target_at(rt, target_row, j), inv_s, scale, dot, tsum);
+        if (grad) grad[base + j] = masked(g, rt);
     }
     dot = group_sum(dot, group);
     tsum = group_sum(tsum, group);
 
-    T loss = row_loss(log_(s), dot, tsum);
-    if (!rt.counted) loss = T(0);
-    if (rt.bad) loss = quiet_nan<T>();
-    if (valid && lane == 0) {
-        if (loss_rows) loss_rows[row] = loss;
-        if (rt.bad) *bad_label = 1;
-    }
-    if (mean_out) {
-        const bool first = valid && lane == 0;
-        finish_mean(first ? double(loss) : 0.0, first && rt.counted ? 1.0 : 0.0,
-                    mean_partials, ticket, mean_out, scratch);
-    }
+    emit_loss(row_loss(log_(s), dot, tsum), rt, valid && lane == 0, row, loss_rows, bad_label,
+              mean_partials, ticket, mean_out, scratch);
 }
 
 // ---- C ≤ blockDim·ITEMS: one block per row, ITEMS columns per thread in registers ----
@@ -234,18 +241,8 @@ __device__ void xent_row(const T* logits, const void* labels, int labels_64,
     dot = block_sum(dot, scratch);
     tsum = block_sum(tsum, scratch);
 
-    T loss = row_loss(log_(s), dot, tsum);
-    if (!rt.counted) loss = T(0);
-    if (rt.bad) loss = quiet_nan<T>();
-    if (threadIdx.x == 0) {
-        if (loss_rows) loss_rows[row] = loss;
-        if (rt.bad) *bad_label = 1;
-    }
-    if (mean_out) {
-        const bool first_thread = threadIdx.x == 0;
-        finish_mean(first_thread ? double(loss) : 0.0, first_thread && rt.counted ? 1.0 : 0.0,
-                    mean_partials, ticket, mean_out, scratch_d);
-    }
+    emit_loss(row_loss(log_(s), dot, tsum), rt, threadIdx.x == 0, row, loss_rows, bad_label,
+              mean_partials, ticket, mean_out, scratch_d);
 }
 
 // ---- large C: rows split into chunks of blockDim·SPLIT_ITEMS columns, two passes ----
@@ -328,16 +325,12 @@ __device__ void xent_finish(const T* logits, const void* labels, int labels_64,
 
     if (grad) {
         const T* target_row = rt.dense ? target_rows + base : nullptr;
-        T unused_dot = T(0), unused_tsum = T(0);
 #pragma unroll 4
         for (int i = 0; i < SPLIT_ITEMS; ++i) {
             const i64 j = begin + static_cast<i64>(i) * blockDim.x + threadIdx.x;
             if (j >= cols) break;
-            T g = grad_and_terms(logits[base + j] - M, inv_s, scale, rt, target_row, j,
-                                 unused_dot, unused_tsum);
-            if (!rt.counted) g = T(0);
-            if (rt.bad) g = quiet_nan<T>();
-            grad[base + j] = g;
+            const T t = target_at(rt, target_row, j);
+            grad[base + j] = masked((exp_(logits[base + j] - M) * inv_s - t) * scale, rt);
         }
     }
 
@@ -352,17 +345,8 @@ __device__ void xent_finish(const T* logits, const void* labels, int labels_64,
     } else {
         loss = (M - label_logits[row]) + log_s;
     }
-    if (!rt.counted) loss = T(0);
-    if (rt.bad) loss = quiet_nan<T>();
-    const bool first = chunk == 0 && threadIdx.x == 0;
-    if (first) {
-        if (loss_rows) loss_rows[row] = loss;
-        if (rt.bad) *bad_label = 1;
-    }
-    if (mean_out) {
-        finish_mean(first ? double(loss) : 0.0, first && rt.counted ? 1.0 : 0.0,
-                    mean_partials, ticket, mean_out, scratch_d);
-    }
+    emit_loss(loss, rt, chunk == 0 && threadIdx.x == 0, row, loss_rows, bad_label,
+              mean_partials, ticket, mean_out, scratch_d);
 }
 
 }  // namespace gpubp

@@ -106,7 +106,7 @@ def test_raw_idx_header_claiming_10_to_the_12_images_allocates_nothing(tmp_path)
 def test_checkpoint_tensor_claiming_a_huge_shape_allocates_nothing(tmp_path):
     """A re-sealed checkpoint (valid checksum) whose header claims a 10^6 × 10^6 tensor."""
     seed = SEEDS["checkpoint"][0]
-    body = seed[len(checkpoint.MAGIC) + checkpoint.DIGEST_SIZE:]
+    body = seed[checkpoint.HEAD:]
     n = int.from_bytes(body[:8], "little")
     header = json.loads(body[8:8 + n])
     header["param.0"]["shape"] = [10**6, 10**6]
@@ -242,7 +242,7 @@ def test_checkpoint_with_an_odd_tensor_name_is_a_checkpoint_error(tmp_path, name
     from gpubp.serialization import read_safetensors
 
     seed = SEEDS["checkpoint"][0]
-    metadata, tensors = read_safetensors(seed[len(checkpoint.MAGIC) + checkpoint.DIGEST_SIZE:])
+    metadata, tensors = read_safetensors(seed[checkpoint.HEAD:])
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     tensors[name] = tensors.pop("param.0")
     path = tmp_path / "odd.ckpt"

@@ -16,6 +16,7 @@ sizes, n_in first), ``batch_size``, ``lr``, ``seed``, ``warmup``, ``repeats``, `
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
@@ -63,6 +64,18 @@ PEERS = {p.name: p for p in (
     Peer("torch-eager-cuda-tf32", "bench.peers.torch_peer", "cuda", "gpubp-cupy-tf32",
          {"device": "cuda", "tf32": True}, default=False),
 )}
+
+
+def time_epochs(epoch, repeats: int, sync=lambda: None) -> tuple[list, object]:
+    """Runs ``epoch()`` ``repeats`` times, each timed after ``sync()`` (a device's queue
+    drained); returns (seconds per epoch, what the last epoch returned)."""
+    epoch_s, last = [], None
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        last = epoch()
+        epoch_s.append(time.perf_counter() - started)
+    return epoch_s, last
 
 
 def select(names=None, device: str = "all") -> list[Peer]:

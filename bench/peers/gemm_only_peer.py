@@ -12,7 +12,7 @@ is the share of that ceiling gpubp reaches.
 
 from __future__ import annotations
 
-import time
+from bench.peers import time_epochs
 
 
 def check() -> dict:
@@ -69,9 +69,5 @@ def run(X, y, point) -> dict:
 
     for _ in range(point["warmup"]):
         epoch()
-    epoch_s = []
-    for _ in range(point["repeats"]):
-        started = time.perf_counter()
-        epoch()
-        epoch_s.append(time.perf_counter() - started)
+    epoch_s, _ = time_epochs(epoch, point["repeats"])
     return {"epoch_s": epoch_s, "final_loss": None, "device_peak_bytes": None}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from bench.peers import time_epochs
 
 
 def check() -> dict:
@@ -20,9 +20,7 @@ def run(X, y, point) -> dict:
     rng = np.random.default_rng(point["seed"])
     for _ in range(point["warmup"]):
         train_epoch(weights, biases, X, y, point["batch_size"], point["lr"], rng)
-    epoch_s = []
-    for _ in range(point["repeats"]):
-        started = time.perf_counter()
-        loss = train_epoch(weights, biases, X, y, point["batch_size"], point["lr"], rng)
-        epoch_s.append(time.perf_counter() - started)
+    epoch_s, loss = time_epochs(
+        lambda: train_epoch(weights, biases, X, y, point["batch_size"], point["lr"], rng),
+        point["repeats"])
     return {"epoch_s": epoch_s, "final_loss": loss, "device_peak_bytes": None}

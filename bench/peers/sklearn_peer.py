@@ -8,8 +8,9 @@ The call also checks X (finite, dtype), which gpubp does outside its timed epoch
 
 from __future__ import annotations
 
-import time
 import warnings
+
+from bench.peers import time_epochs
 
 
 def check() -> dict:
@@ -36,10 +37,6 @@ def run(X, y, point) -> dict:
         clf.partial_fit(X, y, classes=classes)
         for _ in range(point["warmup"] - 1):
             clf.partial_fit(X, y)
-        epoch_s = []
-        for _ in range(point["repeats"]):
-            started = time.perf_counter()
-            clf.partial_fit(X, y)
-            epoch_s.append(time.perf_counter() - started)
+        epoch_s, _ = time_epochs(lambda: clf.partial_fit(X, y), point["repeats"])
     assert clf.coefs_[0].dtype == np.float32, "sklearn should train in X's float32"
     return {"epoch_s": epoch_s, "final_loss": float(clf.loss_), "device_peak_bytes": None}

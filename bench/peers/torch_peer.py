@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from bench.peers import PeerUnavailable
+from bench.peers import PeerUnavailable, time_epochs
 
 
 def check(device: str, compile: bool = False, tf32: bool = False) -> dict:
@@ -20,6 +20,16 @@ def check(device: str, compile: bool = False, tf32: bool = False) -> dict:
     return versions
 
 
+def torch_mlp(sizes):
+    """The network in torch: Linear, Sigmoid, ..., Linear (no sigmoid on the logits)."""
+    import torch
+
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
 def run(X, y, point, device: str, compile: bool = False, tf32: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
@@ -29,11 +39,7 @@ def run(X, y, point, device: str, compile: bool = False, tf32: bool = False) -> 
         torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.manual_seed(point["seed"])
     dev = torch.device(device)
-    sizes = point["sizes"]
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(n_in, n_out), torch.nn.Sigmoid()]
-    model = torch.nn.Sequential(*layers[:-1]).to(dev)  # no sigmoid on the logits
+    model = torch_mlp(point["sizes"]).to(dev)
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=point["lr"])
     X_all, y_all = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
@@ -66,12 +72,7 @@ def run(X, y, point, device: str, compile: bool = False, tf32: bool = False) -> 
         raise PeerUnavailable(f"torch.compile failed: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     warmup_s = time.perf_counter() - started
-    epoch_s = []
-    for _ in range(point["repeats"]):
-        sync()
-        started = time.perf_counter()
-        loss = epoch()
-        epoch_s.append(time.perf_counter() - started)
+    epoch_s, loss = time_epochs(epoch, point["repeats"], sync)
     result = {"epoch_s": epoch_s, "final_loss": loss, "warmup_s": warmup_s,
               "device_peak_bytes": None}
     if dev.type == "cuda":

@@ -22,7 +22,7 @@ import numpy as np
 from gpubp.datasets.dataset import Dataset
 from gpubp.datasets.idx import read_idx
 from gpubp.errors import DataError
-from gpubp.fileio import atomic_writer
+from gpubp.fileio import atomic_writer, user_cache_dir
 
 DATA_ENV = "GPUBP_DATA"
 MIRRORS_ENV = "GPUBP_MNIST_MIRRORS"
@@ -94,8 +94,7 @@ def search_dirs(data_dir=None) -> list[Path]:
 
 def cache_dir() -> Path:
     """The per-user cache for MNIST: ``$XDG_CACHE_HOME/gpubp/mnist``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gpubp" / "mnist"
+    return user_cache_dir("mnist")
 
 
 def find_file(name: str, dirs) -> Path | None:

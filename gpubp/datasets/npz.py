@@ -9,6 +9,7 @@ arrays (pickles) are refused. Every failure is a :class:`DataError`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tokenize
 import zipfile
@@ -32,13 +33,8 @@ ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
 
 def npz_names(path) -> set[str]:
     """The array names in the archive at ``path``."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
-    except FileNotFoundError:
-        raise
-    except ZIP_ERRORS as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e})") from e
+    with _open_npz(path) as (_, names):
+        return names
 
 
 def read_npz(path, keys) -> dict:
@@ -49,14 +45,20 @@ def read_npz(path, keys) -> dict:
         DataError: not a zip archive, a member missing, truncated, corrupt, or of a
             dtype other than bool/int/float/string.
     """
+    with _open_npz(path) as (archive, names):
+        missing = [k for k in keys if k not in names]
+        if missing:
+            raise DataError(f"{path}: .npz lacks arrays {missing} (has {sorted(names)})")
+        return {k: _read_member(archive, f"{k}.npy", path) for k in keys}
+
+
+@contextlib.contextmanager
+def _open_npz(path):
+    """(the zip archive at ``path``, its array names); what zipfile or a member's
+    reading raises for an unreadable archive becomes a DataError."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            missing = [k for k in keys if f"{k}.npy" not in names]
-            if missing:
-                found = sorted(n[:-4] for n in names if n.endswith(".npy"))
-                raise DataError(f"{path}: .npz lacks arrays {missing} (has {found})")
-            return {k: _read_member(archive, f"{k}.npy", path) for k in keys}
+            yield archive, {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
     except (DataError, FileNotFoundError):
         raise
     except ZIP_ERRORS as e:
