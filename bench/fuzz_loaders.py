@@ -317,7 +317,7 @@ _CONFIG = {}
 def _seed_config() -> dict:
     """The run configuration the checkpoint seeds were written with."""
     from gpubp import checkpoint
-    from gpubp.serialization import read_safetensors
+    from gpubp.fileio import read_safetensors
 
     if not _CONFIG:
         seed = CheckpointTarget().seeds()[0]
@@ -332,7 +332,7 @@ ODD_VALUES = [None, -1, 0, 2**70, 1.5, float("inf"), "x", [], {}, [[[]]], True,
 
 def _edit_state(body: bytes, ops) -> bytes:
     """Set one field of the JSON state (possibly nested) to an odd value."""
-    from gpubp.serialization import read_safetensors
+    from gpubp.fileio import read_safetensors
 
     metadata, tensors = read_safetensors(body)
     state = json.loads(metadata["state"])

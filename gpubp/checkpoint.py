@@ -26,8 +26,7 @@ import numpy as np
 from safetensors.numpy import save as safetensors_save
 
 from gpubp.errors import CheckpointError, CheckpointMismatchError
-from gpubp.fileio import atomic_writer
-from gpubp.serialization import read_safetensors
+from gpubp.fileio import atomic_writer, read_safetensors
 
 MAGIC = b"GPUBPCK1"
 DIGEST_SIZE = 32

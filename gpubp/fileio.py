@@ -1,12 +1,39 @@
-"""Atomic file writes (a temporary file beside the target, fsync, then rename), and
-the per-user cache directory."""
+"""Files, carefully: reading a user's input without hanging or over-allocating, writing
+atomically without leaving partial files, and the safetensors container both use.
+
+Reading. An input path must name a regular file. It is opened non-blocking, so that a
+FIFO with no writer cannot hang the open, and checked with ``fstat``: a FIFO, a device
+(``/dev/zero``), a socket or a directory is refused before a byte is read. Sizes are
+bounded before reading, and what a header claims is compared with the memory this
+process may still use (:func:`check_allocation`) before anything is allocated.
+
+Writing. :func:`atomic_writer` writes a temporary file beside the target, fsyncs it and
+renames it over the target, so a reader sees the old file or the new one, never part of
+one; the target keeps its permissions.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import resource
 import secrets
+import stat
+import time
 from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+
+TEMPORARY_SUFFIX = ".tmp"
+# A temporary name is ".{stem}.{12 hex}.tmp"; the stem is the target's name cut to fit
+# NAME_MAX (255 bytes on Linux file systems) so that any legal target name works.
+_TOKEN_BYTES = 6
+_TEMPORARY_OVERHEAD = 1 + 1 + 2 * _TOKEN_BYTES + len(TEMPORARY_SUFFIX)
+# A temporary file younger than this is never taken for a dead writer's, whatever its lock.
+STALE_AFTER_S = 10.0
 
 
 def user_cache_dir(*parts: str) -> Path:
@@ -15,18 +42,235 @@ def user_cache_dir(*parts: str) -> Path:
     return Path(base, "gpubp", *parts)
 
 
+# ---- reading ---------------------------------------------------------------------------
+
+def open_regular(path, error=ValueError):
+    """``path`` opened for binary reading, after checking that it is a regular file.
+
+    Raises:
+        FileNotFoundError: nothing at ``path`` (and other OSErrors from ``open``).
+        error: ``path`` is a FIFO, a device, a socket or a directory; the message names it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: is {_describe(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _describe(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_regular(path, *, limit: int, error=ValueError) -> bytes:
+    """All bytes of the regular file at ``path``, refusing files over ``limit`` bytes.
+
+    The size is checked with ``fstat`` before reading and again while reading (a file
+    may grow), and against the memory this process may use (:func:`check_allocation`).
+    """
+    with open_regular(path, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes, more than the {limit:,} this reader accepts")
+        check_allocation(size, path, error)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: grew past {limit:,} bytes while being read")
+    return data
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of the address-space limit
+    (RLIMIT_AS) less the address space in use, and the system's MemAvailable. None
+    where neither is known."""
+    bounds = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        bounds.append(max(soft - _proc_kib("/proc/self/status", "VmSize:", 0) * 1024, 0))
+    available = _proc_kib("/proc/meminfo", "MemAvailable:", None)
+    if available is not None:
+        bounds.append(available * 1024)
+    return min(bounds) if bounds else None
+
+
+def _proc_kib(path: str, key: str, default):
+    """A "key: N kB" figure of a /proc file, in KiB."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return default
+
+
+def check_allocation(n_bytes: int, path, error=ValueError, what: str = "its data") -> None:
+    """Raise ``error`` naming ``path`` and both sizes when ``n_bytes`` (what a file says
+    it holds) exceeds the memory this process may still use."""
+    available = available_memory()
+    if available is not None and n_bytes > available:
+        raise error(f"{path}: {what} needs {n_bytes:,} bytes, more than the {available:,} "
+                    "this process may still allocate (its address-space limit or the "
+                    "system's available memory)")
+
+
+# ---- safetensors -----------------------------------------------------------------------
+
+def read_safetensors(data: bytes) -> tuple[dict, dict]:
+    """(metadata, tensors) of the bytes of a safetensors file; NumPy arrays, no pickle.
+
+    The arrays are views of ``data``'s size at most: safetensors checks every tensor's
+    offsets against the buffer before making it. ``metadata`` is ``{}`` when absent.
+
+    Raises:
+        ValueError: anything unreadable (bad header, offsets, JSON, a tensor name given
+            twice, or a dtype NumPy lacks).
+    """
+    try:
+        header = _read_header(data)  # first: safetensors keeps the last of duplicate names
+        tensors = safetensors_load(data)
+    except (SafetensorError, KeyError, OverflowError, RecursionError) as e:
+        # KeyError: a dtype NumPy has no name for (BF16); RecursionError: deep JSON.
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    metadata = header.get("__metadata__")
+    return (metadata if isinstance(metadata, dict) else {}), tensors
+
+
+def _read_header(data: bytes) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    if len(data) < 8:
+        raise ValueError("file is shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header claims {n} bytes, the file has {len(data) - 8} after it")
+    header = json.loads(data[8:8 + n], object_pairs_hook=_unique_keys)
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header
+
+
+def _unique_keys(pairs) -> dict:
+    """A JSON object's dict, refusing a key given twice (the format forbids it)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"header names {twice!r:.80} twice")
+    return result
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+def temporary_name(path: Path, token: str) -> Path:
+    """The temporary file :func:`atomic_writer` uses for ``path``: hidden, beside it,
+    short enough for any legal name of ``path``."""
+    stem = path.name
+    room = 255 - _TEMPORARY_OVERHEAD
+    if len(os.fsencode(stem)) > room:
+        stem = os.fsdecode(os.fsencode(stem)[:room]).rstrip("\ufffd")
+    return path.with_name(f".{stem}.{token}{TEMPORARY_SUFFIX}")
+
+
+def _is_temporary_of(candidate: Path, path: Path) -> bool:
+    """Whether ``candidate`` is a temporary file :func:`atomic_writer` made for ``path``."""
+    prefix = temporary_name(path, "").name[:-len(TEMPORARY_SUFFIX)]
+    name = candidate.name
+    token = name[len(prefix):-len(TEMPORARY_SUFFIX)]
+    return (name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX)
+            and len(token) == 2 * _TOKEN_BYTES and all(c in "0123456789abcdef" for c in token))
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that killed writes to ``path`` left beside it.
+
+    Only regular files named by :func:`atomic_writer`'s pattern for this very target are
+    candidates, and only those no live writer holds: a writer keeps an exclusive
+    ``flock`` on its temporary file, so a lock that can be taken (on a file not written
+    to in the last ``STALE_AFTER_S`` seconds) means its writer is gone.
+    """
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for candidate in entries:
+        if _is_temporary_of(candidate, path):
+            with contextlib.suppress(OSError):
+                remove_if_abandoned(candidate)
+
+
+def remove_if_abandoned(candidate: Path) -> None:
+    """Delete the temporary file ``candidate`` if no live writer holds it (see above);
+    OSError when it cannot be opened, BlockingIOError when a writer holds it."""
+    fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < STALE_AFTER_S:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer
+        candidate.unlink()
+    finally:
+        os.close(fd)
+
+
+def check_writable(path, name: str = "path") -> Path:
+    """Check, before any work, that a file can later be written at ``path``.
+
+    The path must not be a directory, its folder must exist (or be creatable under
+    existing folders) and be writable. Nothing is created. Raises ValueError naming
+    ``name`` and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name}: {path} is a directory")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{name}: {path} exists and is not a regular file")
+    folder = path.parent
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{name}: {path} lies under {folder}, which is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot write in {folder} (permission denied)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_writer(path):
     """Yield a binary file whose contents replace ``path`` only if the block succeeds.
 
-    Readers see the old file or the new one, never part of one. The temporary file is
-    created with ``open(..., "xb")``, so the result has the usual umask permissions.
+    Readers see the old file or the new one, never part of one. A new file gets the
+    usual umask permissions; a replaced one keeps its mode. Temporary files an earlier
+    killed write left for the same target are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    remove_stale_temporaries(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = temporary_name(path, secrets.token_hex(_TOKEN_BYTES))
     try:
         with open(tmp, "xb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # held while writing: not stale
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -48,3 +292,12 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def is_same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name the same existing file (links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+

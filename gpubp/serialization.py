@@ -12,13 +12,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
 from gpubp.backend import to_numpy
 from gpubp.errors import ModelFileError
-from gpubp.fileio import atomic_writer
+from gpubp.fileio import atomic_writer, read_safetensors
 from gpubp.validation import check_dtype, check_layer_sizes
 
 FORMAT = "gpubp.mlp"
@@ -86,35 +84,3 @@ def load_mlp(path, *, backend="auto"):
     for p, name in zip(net.parameters(), expected):
         p[...] = net.backend.asarray(tensors[name])
     return net
-
-
-def read_safetensors(data: bytes) -> tuple[dict, dict]:
-    """(metadata, tensors) of the bytes of a safetensors file; NumPy arrays, no pickle.
-
-    The arrays are views of ``data``'s size at most: safetensors checks every tensor's
-    offsets against the buffer before making it. ``metadata`` is ``{}`` when absent.
-
-    Raises:
-        ValueError: anything unreadable (bad header, offsets, JSON, or a dtype NumPy lacks).
-    """
-    try:
-        tensors = safetensors_load(data)
-        header = _read_header(data)
-    except (SafetensorError, KeyError, OverflowError, RecursionError) as e:
-        # KeyError: a dtype NumPy has no name for (BF16); RecursionError: deep JSON.
-        raise ValueError(f"{type(e).__name__}: {e}") from e
-    metadata = header.get("__metadata__")
-    return (metadata if isinstance(metadata, dict) else {}), tensors
-
-
-def _read_header(data: bytes) -> dict:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
-    if len(data) < 8:
-        raise ValueError("file is shorter than the 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError(f"header claims {n} bytes, the file has {len(data) - 8} after it")
-    header = json.loads(data[8:8 + n])
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return header

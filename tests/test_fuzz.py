@@ -239,7 +239,7 @@ def test_checkpoint_with_an_odd_tensor_name_is_a_checkpoint_error(tmp_path, name
     from safetensors.numpy import save
 
     from gpubp.errors import CheckpointError
-    from gpubp.serialization import read_safetensors
+    from gpubp.fileio import read_safetensors
 
     seed = SEEDS["checkpoint"][0]
     metadata, tensors = read_safetensors(seed[checkpoint.HEAD:])
