@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from gpubp.errors import BackendError
+from gpubp.fileio import available_memory
 
 log = logging.getLogger("gpubp")
 
@@ -42,6 +43,22 @@ class Backend:
             return self.xp.asarray(a, dtype=dtype)
         return np.asarray(to_numpy(a), dtype=dtype)
 
+    def free_memory(self) -> int | None:
+        """Bytes that arrays of this backend may still take: the device's free memory and
+        CuPy's pooled free blocks, or on NumPy :func:`gpubp.fileio.available_memory`."""
+        if self.is_gpu:
+            free, _ = self.xp.cuda.runtime.memGetInfo()
+            return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+        return available_memory()
+
+    def check_memory(self, n_bytes: int, name: str, what: str) -> None:
+        """Raise ValueError starting with ``name`` when ``what`` needs more than
+        :meth:`free_memory`, before anything is allocated."""
+        free = self.free_memory()
+        if free is not None and n_bytes > free:
+            raise ValueError(f"{name}: {what} needs about {format_bytes(n_bytes)}, more than "
+                             f"the {format_bytes(free)} free on {self.device_name}")
+
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on NumPy); use before reading a clock."""
         if self.is_gpu:
@@ -55,6 +72,15 @@ class Backend:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes as a short figure: '512 B', '3.2 MiB', '47.7 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def is_device_array(a) -> bool:

@@ -102,6 +102,23 @@ def name() -> str:
     return f"numpy ({config.get('name', '?')} {config.get('version', '?')})"
 
 
+def threads() -> int | None:
+    """The threads :func:`matmul`'s library runs on (None where it cannot be asked)."""
+    if _mkl() is not None:
+        return int(_mkl().MKL_Get_Max_Threads())
+    libs = Path(np.__file__).parent.with_name("numpy.libs")  # NumPy's own OpenBLAS
+    for candidate in sorted(libs.glob("*openblas*.so*")):
+        try:
+            lib = ctypes.CDLL(str(candidate))
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                       "openblas_get_num_threads"):
+            if hasattr(lib, symbol):
+                return int(getattr(lib, symbol)())
+    return None
+
+
 def _layout(a):
     """(CBLAS transpose flag, leading dimension) for a 2-D array, or None if it has none."""
     if a.ndim != 2 or a.dtype not in (np.float32, np.float64):

@@ -1,10 +1,20 @@
-"""The ``gpubp`` command: ``train``, ``eval`` and ``info``."""
+"""The ``gpubp`` command: ``train``, ``eval``, ``predict``, ``plot`` and ``info``.
+
+Output: human-readable lines go to stdout, or to stderr with ``--json``, so that stdout
+then holds exactly one JSON object (``{"error": {"type", "message"}}`` on failure, with a
+non-zero exit status). Progress bars and log lines always go to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
+import hashlib
+import io
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -13,35 +23,63 @@ from pathlib import Path
 import numpy as np
 
 import gpubp
-from gpubp import checkpoint
+from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
-from gpubp.errors import CheckpointError, GpubpError, TrainingInterrupted
-from gpubp.fileio import atomic_writer
-from gpubp.validation import DTYPES
+from gpubp.datasets.files import CsvFormat, csv_header, iter_csv, load_file, read_table
+from gpubp.datasets.npz import npz_names, read_npz
+from gpubp.datasets.preprocessing import make_scaler, stratified_split
+from gpubp.errors import CheckpointError, DataError, GpubpError, TrainingInterrupted
+from gpubp.fileio import (atomic_writer, check_writable, is_same_file, open_regular,
+                          user_cache_dir)
+from gpubp.metrics import confusion_matrix, format_report, report
+from gpubp.model_info import ModelInfo
 from gpubp.schedules import make_schedule
+from gpubp.training_log import TrainingLog, check_log_path, plot_logs
+from gpubp.training_state import data_fingerprint, parse_every, short_repr
+from gpubp.validation import DTYPES, check_int
 
-# Defaults per dataset, chosen by the sweeps recorded in the README; flags override them.
-# A user's file takes the digits defaults.
+BUILTIN = ("digits", "mnist")
+# Defaults per dataset, chosen by the sweeps recorded in docs/benchmarks.md; flags
+# override them. A user's file takes the digits defaults, with standardized features.
 DEFAULTS = {
     "digits": {"layers": [128], "epochs": 100, "batch_size": 16, "lr": 0.3, "weight_decay": 1e-4},
     "mnist": {"layers": [800], "epochs": 60, "batch_size": 64, "lr": 0.1, "weight_decay": 2e-5},
 }
+PREDICT_CHUNK = 65536  # rows per forward pass in predict and eval
+SCALES = ("standard", "minmax", "none")
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    as_json = getattr(args, "json", False)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+                        format="%(message)s", stream=sys.stderr, force=True)
     try:
         return args.run(args)
     except TrainingInterrupted as e:
-        print(f"gpubp {args.command}: {e}", file=sys.stderr)
-        return e.exit_code
-    except (GpubpError, ValueError, TypeError, OSError) as e:
-        print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, e, e.exit_code, as_json, prefix="")
+    except KeyboardInterrupt:
+        error = KeyboardInterrupt("interrupted by SIGINT; nothing was saved"
+                                  + (" (--checkpoint-dir makes a run resumable)"
+                                     if args.command == "train" else ""))
+        return _fail(args, error, 130, as_json)
+    except MemoryError as e:
+        error = MemoryError(f"out of memory{f' ({e})' if str(e) else ''}")
+        return _fail(args, error, 1, as_json)
+    except (GpubpError, ValueError, TypeError, OSError, ImportError) as e:
+        return _fail(args, e, 1, as_json)
+
+
+def _fail(args, error: BaseException, code: int, as_json: bool, prefix: str = "error: ") -> int:
+    """One line on stderr (and the JSON error object on stdout with --json)."""
+    message = str(error) if not isinstance(error, OSError) or not error.filename else \
+        f"{error.filename}: {error.strerror}"
+    print(f"gpubp {args.command}: {prefix}{message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": {"type": type(error).__name__, "message": message}}))
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a network and report its test accuracy")
     _add_data_arguments(train)
+    train.add_argument("--test", metavar="PATH",
+                       help="a separate test file (read like --dataset), instead of holding "
+                            "out 20%% of a user's file")
+    train.add_argument("--scale", choices=SCALES, default=None,
+                       help="feature scaling fitted on the training rows and saved with the "
+                            "model (default: standard for a user's file, none for digits "
+                            "and mnist, whose pixels are already in [0, 1])")
     train.add_argument("--layers", type=_int_list, default=None,
                        help="hidden layer sizes, comma-separated (default per dataset: "
                             "digits 128, mnist 800; a file takes the digits defaults)")
@@ -73,7 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="fraction of the training rows held out for validation")
     train.add_argument("--dtype", choices=DTYPES, default=None, help="default float32")
     train.add_argument("--seed", type=int, default=None, help="default 0")
-    train.add_argument("--save", metavar="PATH", help="write the trained model here")
+    train.add_argument("--save", metavar="PATH",
+                       help="write the trained model here (checked before training)")
+    train.add_argument("--log", metavar="FILE",
+                       help="write one row per epoch to FILE.csv or FILE.jsonl")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="write the full training state here; SIGINT/SIGTERM then stop "
                             "with a final checkpoint (exit code 130/143)")
@@ -86,12 +134,34 @@ def _parser() -> argparse.ArgumentParser:
                             "given now override them (--epochs may change the target)")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a saved model on a dataset's test set")
+    evaluate = commands.add_parser(
+        "eval", help="score a saved model on every row of a file (or a built-in test set)")
     evaluate.add_argument("model", help="a model file written by gpubp train --save")
     _add_data_arguments(evaluate)
+    evaluate.add_argument("--split", choices=("all", "test", "train"), default=None,
+                          help="rows to score: all rows of a user's file (its default), or "
+                               "the test/train part of the split training made (the "
+                               "default for digits and mnist: test)")
     evaluate.set_defaults(run=_eval)
 
-    info = commands.add_parser("info", help="show the backend, device and library versions")
+    predict = commands.add_parser(
+        "predict", help="predict the labels (and probabilities) of a file's rows")
+    predict.add_argument("model", help="a model file written by gpubp train --save")
+    predict.add_argument("input", help="a .csv or .npz file of features, with or without labels")
+    predict.add_argument("--out", metavar="FILE",
+                         help="write FILE.csv or FILE.npz (default: CSV on stdout)")
+    predict.add_argument("--proba", action="store_true",
+                         help="add one probability column per class")
+    _add_csv_arguments(predict)
+    predict.add_argument("--backend", choices=BACKEND_NAMES, default=None)
+    predict.set_defaults(run=_predict, json=False)
+
+    plot = commands.add_parser("plot", help="plot training logs written by train --log")
+    plot.add_argument("logs", nargs="+", metavar="LOG", help=".csv or .jsonl logs")
+    plot.add_argument("--out", required=True, metavar="FILE", help="e.g. curves.png")
+    plot.set_defaults(run=_plot, json=False)
+
+    info = commands.add_parser("info", help="show the backend, devices, BLAS and versions")
     info.add_argument("--backend", choices=BACKEND_NAMES, default=None)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)
@@ -102,11 +172,23 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="digits (embedded), mnist, or a path to a .npz/.csv file")
     p.add_argument("--data-dir", default=None, help="where to find/download MNIST")
+    p.add_argument("--no-download", action="store_true", default=None,
+                   help="never download MNIST; fail if its files are not found")
+    _add_csv_arguments(p)
     p.add_argument("--backend", choices=BACKEND_NAMES, default=None,
                    help="array backend (default: $GPUBP_BACKEND, else auto)")
     p.add_argument("--json", action="store_true",
-                   help="print the final metrics as one JSON object on the last line")
+                   help="print exactly one JSON object on stdout (human output to stderr)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+
+
+def _add_csv_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-column", metavar="NAME|INDEX", default=None,
+                   help="the label column of a CSV file (default: label)")
+    p.add_argument("--delimiter", default=None,
+                   help="CSV field separator: ',', ';', 'tab'... (default: found from the file)")
+    p.add_argument("--no-header", action="store_true", default=None,
+                   help="the CSV file has no header row (give --label-column as an index)")
 
 
 def _int_list(text: str) -> list[int]:
@@ -116,7 +198,10 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+# ---- train -------------------------------------------------------------------------------
+
 def _train(args) -> int:
+    human = sys.stderr if args.json else sys.stdout
     checkpoint_dir = args.resume or args.checkpoint_dir
     if args.resume and args.checkpoint_dir and Path(args.checkpoint_dir) != Path(args.resume):
         raise ValueError("--checkpoint-dir: --resume DIR already names the checkpoint directory")
@@ -128,28 +213,40 @@ def _train(args) -> int:
     if args.resume:
         _restore_run_options(args, Path(args.resume))
     _fill_defaults(args)
-
-    data = load_dataset(args.dataset, data_dir=args.data_dir)
-    net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
-                    dtype=args.dtype, seed=args.seed)
+    # Every option is checked before anything is created or trained.
+    if checkpoint_dir is not None:
+        parse_every(args.checkpoint_every)
+        check_int(args.keep_last, "--keep-last")
+    scaler = make_scaler(args.scale)
+    log_file = check_log_path(args.log) if args.log else None
+    schedule = make_schedule(args.schedule, step_size=args.step_size, gamma=args.gamma)
     optimizer = gpubp.SGD(args.lr, momentum=args.momentum, nesterov=args.nesterov,
                           weight_decay=args.weight_decay)
 
-    def report(r):
+    data = _training_data(args)
+    _check_outputs(args, data)
+    if scaler is not None:
+        data.X_train = scaler.fit_transform(data.X_train)
+        data.X_test = scaler.transform(data.X_test)
+    net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
+                    dtype=args.dtype, seed=args.seed)
+
+    def report_epoch(r):
         val = (f"  val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
                if r["val_loss"] is not None else "")
         print(f"epoch {r['epoch']:>3}/{args.epochs}  loss {r['train_loss']:.4f}{val}  "
               f"lr {r['lr']:.4g}  {r['wall_time']:.2f}s  {r['samples_per_s']:,.0f} samples/s",
-              flush=True)
+              file=human, flush=True)
 
-    schedule = make_schedule(args.schedule, step_size=args.step_size, gamma=args.gamma)
+    callbacks = ([] if args.quiet else [report_epoch]) + (
+        [TrainingLog(log_file, resume=bool(args.resume))] if log_file else [])
     trainer = gpubp.Trainer(net, optimizer, batch_size=args.batch_size, epochs=args.epochs,
                             seed=args.seed, schedule=schedule, patience=args.patience,
-                            progress=not args.quiet, on_epoch=None if args.quiet else report)
+                            progress=not args.quiet,
+                            on_epoch=(lambda r: [c(r) for c in callbacks]) if callbacks else None)
     if not args.quiet:
         print(f"gpubp: training {net} on {data}, {optimizer}, batch {args.batch_size}, "
-              f"{args.epochs} epochs", flush=True)
-    started = time.perf_counter()
+              f"{args.epochs} epochs", file=human, flush=True)
     validation = args.validation
     if validation is None and args.patience is not None:
         validation = 0.1  # early stopping needs held-out data
@@ -157,53 +254,130 @@ def _train(args) -> int:
     if checkpoint_dir is not None:
         checkpointing = {"checkpoint_dir": checkpoint_dir,
                          "checkpoint_every": args.checkpoint_every,
-                         "resume": bool(args.resume), "keep_last": args.keep_last}
-        if not args.resume:
-            if checkpoint.list_checkpoints(checkpoint_dir):  # before run.json is written
-                raise ValueError(f"--checkpoint-dir: {checkpoint_dir} already holds "
-                                 f"checkpoints; continue that run with --resume "
-                                 f"{checkpoint_dir}, or use an empty directory")
-            _save_run_options(args, Path(checkpoint_dir))
-    try:
-        history = trainer.fit(data.X_train, data.y_train, validation=validation,
-                              **checkpointing)
-    except TrainingInterrupted:
-        if args.resume:  # resumed, so the options fit the checkpoints: keep a new --epochs
-            _save_run_options(args, Path(checkpoint_dir))
-        raise
-    if args.resume:
-        _save_run_options(args, Path(checkpoint_dir))
+                         "resume": bool(args.resume), "keep_last": args.keep_last,
+                         "metadata": {"options": _run_options(args)}}
+    started = time.perf_counter()
+    history = trainer.fit(data.X_train, data.y_train, validation=validation, **checkpointing)
     train_time = time.perf_counter() - started
-    if args.save:
-        net.save(args.save)
     test = net.evaluate(data.X_test, data.y_test)
-    print(f"test accuracy {100 * test['accuracy']:.2f}% (test loss {test['loss']:.4f}) after "
-          f"{len(history)} epochs in {train_time:.1f}s on {net.backend.name} "
-          f"({net.backend.device_name})" + (f"; saved to {args.save}" if args.save else ""))
+    if args.save:
+        net.info = ModelInfo(classes=data.classes, scaler=scaler,
+                             feature_names=data.feature_names,
+                             label_column=_csv_format(args).label_column if args.no_header
+                             else data.label_name,
+                             provenance=_provenance(args, net, data, history, test))
+        net.save(args.save)
+    print(f"test accuracy {100 * test['accuracy']:.2f}% (test loss {test['loss']:.4f}, "
+          f"{len(data.y_test)} rows) after {len(history)} epochs in {train_time:.1f}s on "
+          f"{net.backend.name} ({net.backend.device_name})"
+          + (f"; saved to {args.save}" if args.save else ""), file=human, flush=True)
     if args.json:
+        best = history[history.best_epoch - 1] if history.best_epoch else history[-1]
         print(json.dumps({
             "dataset": data.name, "layer_sizes": list(net.layer_sizes), "backend": net.backend.name,
             "device": net.backend.device_name, "dtype": net.dtype.name, "seed": args.seed,
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
-            "train_loss": history[-1]["train_loss"], "val_loss": history[-1]["val_loss"],
-            "val_accuracy": history[-1]["val_accuracy"], "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"], "train_time_s": train_time,
+            "train_loss": best["train_loss"], "val_loss": best["val_loss"],
+            "val_accuracy": best["val_accuracy"], "best_epoch": history.best_epoch,
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_rows": len(data.y_test), "train_time_s": train_time,
             "samples_per_s": float(np.median(history["samples_per_s"])),
             "stopped_early": history.stopped_early, "saved_to": args.save,
         }))
     return 0
 
 
-# Options a checkpointed run records in DIR/run.json, for `gpubp train --resume DIR`,
-# with the JSON types each may take.
+def _training_data(args):
+    """The Dataset for ``gpubp train``: built-in, or a user's file (and --test file)."""
+    if args.dataset in BUILTIN:
+        if args.test is not None:
+            raise ValueError(f"--test: {args.dataset} has its own test set")
+        return load_dataset(args.dataset, data_dir=args.data_dir,
+                            download=not args.no_download)
+    if Path(args.dataset).suffix.lower() not in (".npz", ".csv"):
+        raise ValueError(f"dataset: expected 'digits', 'mnist' or a .npz/.csv path, "
+                         f"got {args.dataset!r}")
+    fmt = _csv_format(args)
+    return load_file(args.dataset, label_column=fmt.label_column, delimiter=fmt.delimiter,
+                     header=fmt.header, test_path=args.test)
+
+
+def _csv_format(args, default_label="label") -> CsvFormat:
+    """The CSV reading options of the command line."""
+    delimiter = args.delimiter
+    if delimiter is not None:
+        delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}.get(
+            delimiter.lower(), delimiter)
+        if len(delimiter) != 1:
+            raise ValueError(f"--delimiter: expected one character (or 'tab'), "
+                             f"got {args.delimiter!r}")
+    label = args.label_column if args.label_column is not None else default_label
+    if args.no_header and isinstance(label, str):
+        try:
+            label = int(label)
+        except ValueError:
+            raise ValueError("--label-column: a file without a header row needs the label "
+                             f"column's index, got {label!r}") from None
+    return CsvFormat(delimiter, not args.no_header, label)
+
+
+def _check_outputs(args, data) -> None:
+    """--save and --log must be writable files that are none of the inputs or each other."""
+    inputs = [p for p in (args.dataset, args.test) if p and p not in BUILTIN]
+    outputs = [(flag, path) for flag, path in (("--save", args.save), ("--log", args.log)) if path]
+    for flag, path in outputs:
+        check_writable(path, flag)
+        for source in inputs:
+            if is_same_file(path, source) or Path(path).resolve() == Path(source).resolve():
+                raise ValueError(f"{flag}: {path} is the data file {source}; it would be "
+                                 "overwritten")
+    if len(outputs) == 2 and Path(args.save).resolve() == Path(args.log).resolve():
+        raise ValueError(f"--log: {args.log} is also the --save path")
+
+
+def _provenance(args, net, data, history, test) -> dict:
+    """Where a saved model came from: versions, backend, data checksum, date, options."""
+    if args.dataset in BUILTIN:
+        source = {"dataset": args.dataset,
+                  "data_sha256": data_fingerprint(data.X_train, data.y_train)}
+    else:
+        source = {"dataset": str(Path(args.dataset).resolve()),
+                  "data_sha256": _file_sha256(args.dataset)}
+        if args.test:
+            source.update(test=str(Path(args.test).resolve()), test_sha256=_file_sha256(args.test))
+    return {
+        "gpubp": gpubp.__version__, "python": platform.python_version(),
+        "numpy": np.__version__, "backend": net.backend.name,
+        "device": net.backend.device_name, "dtype": net.dtype.name,
+        "blas": blas.name() if not net.backend.is_gpu else "cublas",
+        **source,
+        "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "epochs": len(history), "test_accuracy": test["accuracy"],
+        "options": _run_options(args),
+    }
+
+
+def _file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path, DataError) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Options a checkpointed run records in its checkpoints, for `gpubp train --resume DIR`,
+# with the JSON types each may take. Paths are recorded absolute.
 RUN_OPTIONS = {
-    "dataset": (str,), "data_dir": (str,), "layers": (list,), "epochs": (int,),
-    "batch_size": (int,), "lr": (int, float), "momentum": (int, float), "nesterov": (bool,),
-    "weight_decay": (int, float), "schedule": (str,), "step_size": (int,),
-    "gamma": (int, float), "patience": (int,), "validation": (int, float), "dtype": (str,),
-    "seed": (int,), "checkpoint_every": (str, int), "keep_last": (int,),
+    "dataset": (str,), "data_dir": (str,), "test": (str,), "label_column": (str, int),
+    "delimiter": (str,), "no_header": (bool,), "no_download": (bool,), "scale": (str,),
+    "layers": (list,), "epochs": (int,), "batch_size": (int,), "lr": (int, float),
+    "momentum": (int, float), "nesterov": (bool,), "weight_decay": (int, float),
+    "schedule": (str,), "step_size": (int,), "gamma": (int, float), "patience": (int,),
+    "validation": (int, float), "dtype": (str,), "seed": (int,),
+    "checkpoint_every": (str, int), "keep_last": (int,), "save": (str,), "log": (str,),
 }
-RUN_FILE = "run.json"
+PATH_OPTIONS = ("data_dir", "test", "save", "log")
+RUN_FILE = "run.json"  # where gpubp 0.1 recorded them; still read
 
 
 def _fill_defaults(args) -> None:
@@ -212,56 +386,246 @@ def _fill_defaults(args) -> None:
         args.dataset = "digits"
     defaults = {**DEFAULTS.get(args.dataset, DEFAULTS["digits"]), "momentum": 0.9,
                 "nesterov": False, "schedule": "cosine", "step_size": 10, "gamma": 0.1,
-                "dtype": "float32", "seed": 0, "keep_last": 3}
+                "dtype": "float32", "seed": 0, "keep_last": 3, "no_header": False,
+                "no_download": False,
+                "scale": "none" if args.dataset in BUILTIN else "standard"}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
 
-def _save_run_options(args, directory: Path) -> None:
-    """Record the resolved options of a checkpointed run in DIR/run.json."""
+def _run_options(args) -> dict:
+    """The resolved options, paths made absolute, as recorded for --resume."""
     options = {key: getattr(args, key) for key in RUN_OPTIONS}
-    with atomic_writer(directory / RUN_FILE) as f:
-        f.write(json.dumps(options, indent=1).encode())
+    for key in PATH_OPTIONS:
+        if options[key] is not None:
+            options[key] = os.path.abspath(options[key])
+    if options["dataset"] not in BUILTIN:
+        options["dataset"] = os.path.abspath(options["dataset"])
+    return options
 
 
 def _restore_run_options(args, directory: Path) -> None:
-    """Take the options recorded in DIR/run.json for every flag not given now."""
-    path = directory / RUN_FILE
+    """Take the options recorded in DIR's newest readable checkpoint (or a gpubp 0.1
+    DIR/run.json) for every flag not given now."""
     if not directory.is_dir():
         raise ValueError(f"--resume: {directory} is not a directory")
-    if not path.is_file():
+    metadata = checkpoint.latest_metadata(directory)
+    source = f"{directory}'s newest checkpoint"
+    saved = metadata.get("options") if metadata is not None else None
+    if saved is None and (directory / RUN_FILE).exists():
+        source = directory / RUN_FILE
+        try:
+            saved = json.loads(open_regular(source, CheckpointError).read())
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"{source}: unreadable run options ({e})") from e
+    if saved is None:
         return  # checkpoints written from Python: the flags given now must match them
-    try:
-        saved = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: unreadable run options ({e})") from e
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: run options are not a JSON object")
+        raise CheckpointError(f"{source}: run options are not a JSON object")
     for key, types in RUN_OPTIONS.items():
         value = saved.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types) or (
-                key == "layers" and not all(type(v) is int for v in value)):
-            raise CheckpointError(f"{path}: option {key} is {value!r:.80}, expected "
+        if not _option_fits(key, value, types):
+            raise CheckpointError(f"{source}: option {key} is {short_repr(value)}, expected "
                                   + " or ".join(t.__name__ for t in types))
         if getattr(args, key) is None:
             setattr(args, key, value)
 
 
+def _option_fits(key, value, types) -> bool:
+    """Whether a recorded option has one of its JSON types and a value Python can use."""
+    if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
+        return False
+    if key == "layers":
+        return all(type(v) is int and 0 < v < 2**63 for v in value)
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    if isinstance(value, float):
+        return np.isfinite(value)
+    return True
+
+
+# ---- eval and predict --------------------------------------------------------------------
+
 def _eval(args) -> int:
+    human = sys.stderr if args.json else sys.stdout
     net = gpubp.MLP.load(args.model, backend=args.backend)
-    data = load_dataset(args.dataset or "digits", data_dir=args.data_dir)
-    if data.n_features != net.layer_sizes[0] or data.n_classes > net.layer_sizes[-1]:
-        raise ValueError(f"--dataset: {data} does not fit the model's layer sizes "
-                         f"{net.layer_sizes}")
-    test = net.evaluate(data.X_test, data.y_test)
-    print(f"{args.model} on {data.name} test: accuracy {100 * test['accuracy']:.2f}%, "
-          f"loss {test['loss']:.4f} ({len(data.y_test)} rows)")
+    dataset = args.dataset or "digits"
+    X, labels, source = _evaluation_rows(args, net, dataset)
+    n_classes = net.layer_sizes[-1]
+    info = net.info
+    if X.shape[1] != net.layer_sizes[0]:
+        raise ValueError(f"--dataset: {source} has {X.shape[1]} features, the model takes "
+                         f"{net.layer_sizes[0]}")
+    truth = info.class_index(labels, n_classes, source)
+    X = info.transform(X, net.dtype)
+    metrics = net.evaluate(X, truth)
+    predicted = gpubp.to_numpy(net.predict(X))
+    confusion = confusion_matrix(truth, predicted, n_classes)
+    class_labels = info.class_labels(n_classes)
+    print(f"{args.model} on {source}: {len(truth)} rows, accuracy "
+          f"{100 * metrics['accuracy']:.2f}%, mean loss {metrics['loss']:.4f}", file=human)
+    print(format_report(class_labels.tolist(), confusion), file=human)
     if args.json:
-        print(json.dumps({"model": args.model, "dataset": data.name, "rows": len(data.y_test),
-                          "test_loss": test["loss"], "test_accuracy": test["accuracy"]}))
+        print(json.dumps({
+            "model": str(args.model), "dataset": source, "rows": len(truth),
+            "accuracy": metrics["accuracy"], "loss": metrics["loss"],
+            "classes": [str(c) for c in class_labels.tolist()],
+            "per_class": report(class_labels.tolist(), confusion),
+            "confusion": confusion.tolist(),
+        }))
+    return 0
+
+
+def _evaluation_rows(args, net, dataset):
+    """(X, labels in their original values, a description) of the rows to score."""
+    if dataset in BUILTIN:
+        split = args.split or "test"
+        data = load_dataset(dataset, data_dir=args.data_dir, download=not args.no_download)
+        parts = {"test": [(data.X_test, data.y_test)], "train": [(data.X_train, data.y_train)],
+                 "all": [(data.X_train, data.y_train), (data.X_test, data.y_test)]}[split]
+        X = np.concatenate([p[0] for p in parts])
+        labels = data.classes[np.concatenate([p[1] for p in parts])]
+        return X, labels, f"{dataset} ({split})"
+    if Path(dataset).suffix.lower() not in (".npz", ".csv"):
+        raise ValueError(f"--dataset: expected 'digits', 'mnist' or a .npz/.csv path, "
+                         f"got {dataset!r}")
+    path = Path(dataset)
+    info_label = net.info.label_column
+    fmt = _csv_format(args, default_label=info_label if info_label is not None else "label")
+    split = args.split or "all"
+    if path.suffix.lower() == ".npz" and {"X_train", "y_train"} <= npz_names(path):
+        keys = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}[split]
+        arrays = read_npz(path, [f"{k}_{p}" for p in keys for k in ("X", "y")])
+        X = np.concatenate([arrays[f"X_{p}"] for p in keys]).astype(np.float64)
+        labels = np.concatenate([arrays[f"y_{p}"] for p in keys])
+        return X, labels, f"{path} ({split})"
+    table = read_table(path, fmt)
+    X, labels = table.X, table.y
+    if split != "all":  # the split `gpubp train` made of this file (fraction 0.2, seed 0)
+        X_train, y_train, X_test, y_test = stratified_split(X, labels, 0.2, 0)
+        X, labels = (X_test, y_test) if split == "test" else (X_train, y_train)
+        return X, labels, f"{path} ({split} part)"
+    return X, labels, str(path)
+
+
+def _predict(args) -> int:
+    net = gpubp.MLP.load(args.model, backend=args.backend)
+    info, n_classes = net.info, net.layer_sizes[-1]
+    source = Path(args.input)
+    if source.suffix.lower() not in (".csv", ".npz"):
+        raise ValueError(f"input: expected a .csv or .npz file, got {args.input!r}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() not in (".csv", ".npz"):
+            raise ValueError(f"--out: expected a .csv or .npz file name, got {args.out!r}")
+        check_writable(out, "--out")
+        for name, path in (("model", args.model), ("input", args.input)):
+            if is_same_file(out, path) or out.resolve() == Path(path).resolve():
+                raise ValueError(f"--out: {out} is the {name} file; it would be overwritten")
+    class_labels = info.class_labels(n_classes)
+    columns = ["label"] + ([f"proba_{c}" for c in class_labels.tolist()] if args.proba else [])
+    chunks = _prediction_inputs(args, net, source)
+    rows = 0
+    if args.out is None or Path(args.out).suffix.lower() == ".csv":
+        with (atomic_writer(args.out) if args.out else _stdout_bytes()) as f:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(columns)
+            for X in chunks:
+                labels, proba = _predict_chunk(net, info, X, args.proba)
+                rows += len(labels)
+                for i, label in enumerate(labels.tolist()):
+                    writer.writerow([label] + ([repr(float(p)) for p in proba[i]]
+                                               if args.proba else []))
+            text.flush()
+            text.detach()
+    else:
+        labels, probas = [], []
+        for X in chunks:
+            chunk_labels, proba = _predict_chunk(net, info, X, args.proba)
+            labels.append(chunk_labels)
+            probas.append(proba)
+        arrays = {"labels": _npz_labels(np.concatenate(labels)), "classes": _npz_labels(class_labels)}
+        if args.proba:
+            arrays["proba"] = np.concatenate(probas)
+        rows = len(arrays["labels"])
+        with atomic_writer(args.out) as f:
+            np.savez(f, **arrays)
+    print(f"gpubp predict: {rows} rows predicted" + (f", written to {args.out}" if args.out
+                                                      else ""), file=sys.stderr)
+    return 0
+
+
+def _prediction_inputs(args, net, source: Path):
+    """Yield the input's features in chunks of rows, the label column (if any) dropped."""
+    n_features = net.layer_sizes[0]
+    if source.suffix.lower() == ".npz":
+        names = npz_names(source)
+        key = "X" if "X" in names else "X_test" if "X_test" in names else None
+        if key is None:
+            raise DataError(f"{source}: .npz lacks an array X (or X_test); has {sorted(names)}")
+        X = read_npz(source, (key,))[key]
+        if X.ndim != 2 or X.dtype.kind not in "biuf":
+            raise DataError(f"{source}: {key} must be a 2-D numeric array, got {X.dtype}{X.shape}")
+        _check_width(source, X.shape[1], n_features)
+        for i in range(0, len(X), PREDICT_CHUNK):
+            yield X[i:i + PREDICT_CHUNK]
+        return
+    fmt = _csv_format(args)
+    if args.label_column is None:  # a label column is dropped when the file has one
+        fmt.label_column = _input_label_column(args, net, source, fmt)
+    for chunk in iter_csv(source, fmt, PREDICT_CHUNK):
+        _check_width(source, chunk.X.shape[1], n_features)
+        yield chunk.X
+
+
+def _input_label_column(args, net, source, fmt):
+    """The label column of a prediction input: the model's label column when the header
+    has it; None (every column a feature) otherwise."""
+    if not fmt.header:
+        return None
+    header = csv_header(source, fmt.delimiter)
+    label = net.info.label_column if isinstance(net.info.label_column, str) else "label"
+    return label if label in header else None
+
+
+def _check_width(source, width: int, n_features: int) -> None:
+    if width != n_features:
+        raise DataError(f"{source}: {width} feature columns, the model takes {n_features} "
+                        "(is a label column not named as in training? see --label-column)")
+
+
+def _predict_chunk(net, info, X, with_proba: bool):
+    X = info.transform(X, net.dtype)
+    P = gpubp.to_numpy(net.predict_proba(X))
+    return info.labels(P.argmax(axis=1), net.layer_sizes[-1]), (P if with_proba else None)
+
+
+def _npz_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as an array .npz stores without pickling (strings as unicode)."""
+    return labels.astype(str) if labels.dtype == object else labels
+
+
+class _stdout_bytes:
+    """stdout's byte stream as a context manager that does not close it."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        return sys.stdout.buffer
+
+    def __exit__(self, *exc):
+        sys.stdout.buffer.flush()
+
+
+# ---- plot and info -----------------------------------------------------------------------
+
+def _plot(args) -> int:
+    check_writable(args.out, "--out")
+    plot_logs(args.logs, args.out)
+    print(f"gpubp plot: wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -270,14 +634,37 @@ def _info(args) -> int:
     facts = {
         "gpubp": gpubp.__version__, "python": platform.python_version(),
         "backend": backend.name, "device": backend.device_name, "numpy": np.__version__,
-        **cuda_versions(),
+        "blas": blas.name(), "blas_threads": blas.threads(),
+        "kernel_cache": str(user_cache_dir("kernels")),
+        **cuda_versions(), "cuda_devices": _cuda_devices(),
     }
     if args.json:
         print(json.dumps(facts))
     else:
         for key, value in facts.items():
+            if key == "cuda_devices":
+                value = "; ".join(f"{d['id']}: {d['name']}, {d['free_bytes'] / 2**30:.1f} of "
+                                  f"{d['total_bytes'] / 2**30:.1f} GiB free"
+                                  for d in value) or None
             print(f"{key:>13}: {value if value is not None else 'not available'}")
     return 0
+
+
+def _cuda_devices() -> list[dict]:
+    """Each visible CUDA device with its free memory; [] without CuPy or a device."""
+    try:
+        import cupy
+
+        devices = []
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            with cupy.cuda.Device(i):
+                free, total = cupy.cuda.runtime.memGetInfo()
+                name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
+            devices.append({"id": i, "name": name.decode() if isinstance(name, bytes) else
+                            str(name), "free_bytes": int(free), "total_bytes": int(total)})
+        return devices
+    except Exception:  # no CuPy, no driver, no device: nothing to list
+        return []
 
 
 if __name__ == "__main__":

@@ -86,9 +86,9 @@ def read_regular(path, *, limit: int, error=ValueError) -> bytes:
         if size > limit:
             raise error(f"{path}: {size:,} bytes, more than the {limit:,} this reader accepts")
         check_allocation(size, path, error)
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise error(f"{path}: grew past {limit:,} bytes while being read")
+        data = f.read(size + 1)  # read(n) allocates n at once: ask for what is there
+    if len(data) > size:
+        raise error(f"{path}: grew past its {size:,} bytes while being read")
     return data
 
 
@@ -212,13 +212,14 @@ def remove_stale_temporaries(path: Path) -> None:
                 remove_if_abandoned(candidate)
 
 
-def remove_if_abandoned(candidate: Path) -> None:
-    """Delete the temporary file ``candidate`` if no live writer holds it (see above);
-    OSError when it cannot be opened, BlockingIOError when a writer holds it."""
+def remove_if_abandoned(candidate: Path, min_age_s: float = STALE_AFTER_S) -> None:
+    """Delete the temporary file ``candidate`` if no live writer holds it (see above) and
+    it was last written ``min_age_s`` ago or more. OSError when it cannot be opened,
+    BlockingIOError when a writer holds it."""
     fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < STALE_AFTER_S:
+        if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < min_age_s:
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer
         candidate.unlink()

@@ -1,6 +1,6 @@
 """The seed's network: sigmoid hidden layers, a softmax output, cross-entropy loss.
 
-Notation follows ``backprop_softmax_crossentropy.md``: a^0 = X, z^l = W^l a^{l−1} + b^l,
+Notation follows A. Punnen, "Backpropagation with Softmax and Cross Entropy": a^0 = X, z^l = W^l a^{l−1} + b^l,
 a^l = σ(z^l) for hidden layers, P = softmax(z^L). On a batch the rows are samples, so
 z^l = a^{l−1} (W^l)^T + b^l with a^{l−1}: (B, n_{l−1}), W^l: (n_l, n_{l−1}), z^l: (B, n_l).
 """
@@ -12,8 +12,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gpubp import blas, cpu_kernels, ops
-from gpubp.backend import Backend, get_backend
+from gpubp import blas, cpu_kernels, ops, serialization
+from gpubp.backend import Backend, get_backend, to_numpy
+from gpubp.model_info import ModelInfo
 from gpubp.validation import (
     check_dtype, check_features, check_int, check_layer_sizes, check_targets,
 )
@@ -47,6 +48,8 @@ class MLP:
     Attributes:
         weights: [W^1, ..., W^L], W^l of shape (n_l, n_{l−1}), backend arrays.
         biases: [b^1, ..., b^L], b^l of shape (n_l,), backend arrays.
+        info: a :class:`~gpubp.model_info.ModelInfo` (class labels, scaler, feature
+            names, provenance), saved with the weights; empty unless set or loaded.
     """
 
     def __init__(self, layer_sizes, *, backend="auto", dtype="float32", seed=None):
@@ -55,6 +58,10 @@ class MLP:
         self.backend: Backend = get_backend(backend)
         if seed is not None:
             seed = check_int(seed, "seed", minimum=0)
+        widest = max(n_in * n_out for n_in, n_out in zip(self.layer_sizes, self.layer_sizes[1:]))
+        self.backend.check_memory(  # the weights, and the float64 draw of the largest
+            self._parameter_bytes() + 8 * widest, "layer_sizes",
+            f"a network of {self._n_parameters():,} {self.dtype.name} parameters")
         rng = np.random.default_rng(seed)
         self.weights, self.biases = [], []
         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
@@ -62,6 +69,7 @@ class MLP:
             W = rng.uniform(-limit, limit, size=(n_out, n_in))
             self.weights.append(self.backend.asarray(W, dtype=self.dtype))
             self.biases.append(self.backend.xp.zeros(n_out, dtype=self.dtype))
+        self.info = ModelInfo()
         self._ops = step_ops(self.backend)
         self._matmul = self.backend.xp.matmul if self.backend.is_gpu else blas.matmul
         self._workspaces: OrderedDict[int, _Workspace] = OrderedDict()
@@ -209,20 +217,47 @@ class MLP:
 
     @property
     def n_parameters(self) -> int:
-        return sum(int(np.prod(p.shape)) for p in self.parameters())
+        return self._n_parameters()
+
+    def _n_parameters(self) -> int:
+        sizes = self.layer_sizes
+        return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+
+    def _parameter_bytes(self) -> int:
+        return self._n_parameters() * self.dtype.itemsize
+
+    def check_training_memory(self, batch: int, optimizer=None) -> None:
+        """Refuse, before the first step, training that cannot fit in free memory.
+
+        Counted beyond the weights: their gradients, the optimizer's buffers and the
+        trainer's copies (epoch starts, best weights) at one weights' size each, and two
+        step workspaces of ``batch`` rows (activations, deltas, logits).
+        """
+        copies = 4 + bool(getattr(optimizer, "momentum", 0)) \
+            + bool(getattr(optimizer, "weight_decay", 0) or getattr(optimizer, "nesterov", 0))
+        per_row = 2 * sum(self.layer_sizes[1:-1]) + self.layer_sizes[-1]
+        need = (copies * self._parameter_bytes()
+                + 2 * batch * per_row * self.dtype.itemsize
+                + EVAL_CHUNK * 2 * max(self.layer_sizes[1:]) * self.dtype.itemsize)
+        self.backend.check_memory(need, "batch_size",
+                                  f"training {self} at batch {batch}")
 
     def save(self, path) -> None:
-        """Write the network to ``path`` (safetensors, atomically). See gpubp.serialization."""
-        from gpubp.serialization import save_mlp
-
-        save_mlp(self, path)
+        """Write the weights and :attr:`info` to ``path`` (safetensors, atomically)."""
+        serialization.write_model(path, self.layer_sizes, self.dtype,
+                                  [to_numpy(p) for p in self.parameters()], self.info)
 
     @classmethod
     def load(cls, path, *, backend="auto") -> "MLP":
-        """Read a network saved by :meth:`save`, onto any backend."""
-        from gpubp.serialization import load_mlp
+        """Read a network saved by :meth:`save` (with its :attr:`info`), onto any backend.
 
-        return load_mlp(path, backend=backend)
+        Raises ModelFileError for anything but a well-formed gpubp model file.
+        """
+        saved = serialization.read_model(path)
+        net = cls(saved.layer_sizes, backend=backend, dtype=saved.dtype, seed=0)
+        net.load_state([net.backend.asarray(p) for p in saved.parameters])
+        net.info = saved.info
+        return net
 
     def __repr__(self) -> str:
         return (f"MLP(layer_sizes={self.layer_sizes}, backend={self.backend.name!r}, "

@@ -82,6 +82,21 @@ class SGD:
         """Forget the momentum buffers."""
         self.velocity = None
 
+    def state_dict(self) -> dict:
+        """The optimizer's state between steps: ``{"velocity": [v per parameter] or None}``
+        (None before the first step or without momentum). The arrays are the live buffers."""
+        velocity = self.velocity
+        if velocity is None or any(v is None for v in velocity):
+            velocity = None
+        return {"velocity": velocity}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (arrays are taken, not copied)."""
+        velocity = state.get("velocity")
+        if velocity is not None and not self.momentum:
+            raise ValueError("state: momentum buffers given to an SGD without momentum")
+        self.velocity = None if velocity is None else list(velocity)
+
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")

@@ -1,69 +1,87 @@
-"""Saving and loading networks as safetensors files: raw arrays and a JSON header, no pickle.
+"""Model files: a network's weights as safetensors (raw arrays and a JSON header, no
+pickle), with what is needed to use it in the metadata.
 
-Tensors are named ``W1, b1, ..., WL, bL``; the metadata holds the format name, its
-version, the layer sizes and the dtype. Writes go to a temporary file in the same
-directory, are flushed to disk, then renamed over the target, so a reader sees either
-the old file or the new one, never half of one.
+Tensors are named ``W1, b1, ..., WL, bL``. The metadata holds the format name, its
+version, the layer sizes and the dtype, and the :class:`~gpubp.model_info.ModelInfo`
+entries (classes, scaler, feature names, provenance). Writes go through
+:func:`gpubp.fileio.atomic_writer`, so a reader sees the old file or the new one, never
+half of one. This module reads and writes files; :class:`gpubp.MLP` builds networks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save as safetensors_save
 
-from gpubp.backend import to_numpy
 from gpubp.errors import ModelFileError
-from gpubp.fileio import atomic_writer, read_safetensors
+from gpubp.fileio import atomic_writer, read_regular, read_safetensors
+from gpubp.model_info import ModelInfo
 from gpubp.validation import check_dtype, check_layer_sizes
 
 FORMAT = "gpubp.mlp"
 VERSION = "1"
+MAX_BYTES = 1 << 40  # beyond any network this library trains
 
 
-def save_mlp(net, path) -> None:
-    """Write ``net`` to ``path`` atomically."""
+@dataclasses.dataclass
+class SavedModel:
+    """A model file's contents: sizes, dtype, [W1, b1, ..., WL, bL] as NumPy arrays
+    (checked against the sizes and finite), and its :class:`ModelInfo`."""
+
+    layer_sizes: tuple[int, ...]
+    dtype: np.dtype
+    parameters: list[np.ndarray]
+    info: ModelInfo
+
+
+def write_model(path, layer_sizes, dtype, parameters, info: ModelInfo | None = None) -> None:
+    """Write a model file atomically. parameters: [W1, b1, ..., WL, bL] NumPy arrays."""
     tensors = {}
-    for l, (W, b) in enumerate(zip(net.weights, net.biases), start=1):
-        tensors[f"W{l}"] = np.ascontiguousarray(to_numpy(W))
-        tensors[f"b{l}"] = np.ascontiguousarray(to_numpy(b))
+    for i, p in enumerate(parameters):
+        tensors[f"{'Wb'[i % 2]}{i // 2 + 1}"] = np.ascontiguousarray(p)
     metadata = {
         "format": FORMAT,
         "version": VERSION,
-        "layer_sizes": json.dumps(list(net.layer_sizes)),
-        "dtype": net.dtype.name,
+        "layer_sizes": json.dumps(list(layer_sizes)),
+        "dtype": np.dtype(dtype).name,
+        **(info.to_metadata() if info is not None else {}),
     }
     with atomic_writer(path) as f:
         f.write(safetensors_save(tensors, metadata=metadata))
 
 
-def load_mlp(path, *, backend="auto"):
-    """Read a network written by :func:`save_mlp` onto ``backend``.
+def read_model(path) -> SavedModel:
+    """Read and check a model file written by :func:`write_model`.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ModelFileError: the file is truncated, corrupt, or not a gpubp model.
+        ModelFileError: not a regular file, truncated, corrupt, not a gpubp model, or
+            metadata that does not fit the weights.
     """
-    from gpubp.network import MLP
-
     path = Path(path)
     try:
-        metadata, tensors = read_safetensors(path.read_bytes())
+        metadata, tensors = read_safetensors(
+            read_regular(path, limit=MAX_BYTES, error=ModelFileError))
+    except ModelFileError:
+        raise
     except ValueError as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from e
     if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a gpubp model (format {metadata.get('format')!r})")
+        raise ModelFileError(f"{path}: not a gpubp model (format {metadata.get('format')!r:.80})")
     if metadata.get("version") != VERSION:
-        raise ModelFileError(f"{path}: unsupported gpubp model version {metadata.get('version')!r}")
+        raise ModelFileError(f"{path}: unsupported gpubp model version "
+                             f"{metadata.get('version')!r:.80}")
     try:
         sizes = check_layer_sizes(json.loads(metadata["layer_sizes"]))
         dtype = check_dtype(metadata["dtype"])
     except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise ModelFileError(f"{path}: bad model metadata ({e})") from e
 
-    # Check the tensors against the metadata before allocating anything it claims.
+    # Check the tensors against the metadata before anything is built from them.
     expected = {}
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         expected[f"W{l}"], expected[f"b{l}"] = (n_out, n_in), (n_out,)
@@ -79,8 +97,8 @@ def load_mlp(path, *, backend="auto"):
             )
         if not np.isfinite(t).all():
             raise ModelFileError(f"{path}: tensor {name} holds NaN or Inf")
-
-    net = MLP(sizes, backend=backend, dtype=dtype, seed=0)
-    for p, name in zip(net.parameters(), expected):
-        p[...] = net.backend.asarray(tensors[name])
-    return net
+    try:
+        info = ModelInfo.from_metadata(metadata, sizes[0], sizes[-1])
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{path}: bad model metadata ({e})") from e
+    return SavedModel(sizes, dtype, [tensors[name] for name in expected], info)

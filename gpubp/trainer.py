@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -95,7 +96,7 @@ class Trainer:
         self.on_epoch = on_epoch
 
     def fit(self, X, y, validation=None, *, checkpoint_dir=None, checkpoint_every=None,
-            resume: bool = False, keep_last: int = 3) -> History:
+            resume: bool = False, keep_last: int = 3, metadata: dict | None = None) -> History:
         """Train on (X, y). Returns the :class:`History`.
 
         Args:
@@ -112,6 +113,11 @@ class Trainer:
                 seed, optimizer and schedule must match the checkpoint's; ``epochs`` may
                 differ: the new target applies to the epochs that start after resuming.
             keep_last: how many checkpoints to keep; older ones are deleted.
+            metadata: a JSON-serializable dict stored in every checkpoint (the command
+                line keeps its options there); see :func:`gpubp.checkpoint.latest_metadata`.
+
+        The checkpoint directory is checked, created and locked only after every argument
+        and the data are accepted; a second run on the same directory is refused at once.
 
         Raises:
             ValueError/TypeError: bad data or arguments, before anything changes.
@@ -124,13 +130,14 @@ class Trainer:
         """
         net = self.net
         every = self._check_checkpoint_arguments(checkpoint_dir, checkpoint_every, resume,
-                                                 keep_last)
+                                                 keep_last, metadata)
         X = net.prepare_features(X)
         targets = net.prepare_targets(y, X.shape[0])
         shuffle_seed, split_seed = np.random.SeedSequence(self.seed).spawn(2)
         X, targets, X_val, t_val = self._validation_data(X, targets, validation, split_seed)
         if self.patience is not None and X_val is None:
             raise ValueError("patience: early stopping needs validation data")
+        net.check_training_memory(min(self.batch_size, X.shape[0]), self.optimizer)
 
         rng = np.random.default_rng(shuffle_seed)
         base_lr = self.optimizer.lr
@@ -138,14 +145,16 @@ class Trainer:
         saver = None
         if checkpoint_dir is not None:
             saver = _Saver(self, checkpoint_dir, every, keep_last,
-                           self._run_config(X, targets, X_val, t_val))
-            if resume:
-                run = saver.resume()
-                rng.bit_generator.state = run.rng_state  # the permutation is redrawn
-            else:
-                saver.check_fresh()
-        history = run.history
+                           self._run_config(X, targets, X_val, t_val), metadata)
         try:
+            if saver is not None:
+                saver.open()
+                if resume:
+                    run = saver.resume()
+                    rng.bit_generator.state = run.rng_state  # the permutation is redrawn
+                else:
+                    saver.check_fresh()
+            history = run.history
             with stop_requests(enabled=saver is not None) as stop:
                 while run.epoch < self.epochs and not history.stopped_early:
                     self._train_epoch(X, targets, X_val, t_val, rng, run, base_lr, saver, stop)
@@ -155,6 +164,8 @@ class Trainer:
                     saver.save(run)  # the final state, unless just saved
         finally:
             self.optimizer.lr = base_lr
+            if saver is not None:
+                saver.close()
         if run.best_state is not None:
             net.load_state(run.best_state)
         return history
@@ -238,14 +249,23 @@ class Trainer:
         return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
                 and not self.net.backend.is_gpu and blas.has_mkl())
 
-    def _check_checkpoint_arguments(self, checkpoint_dir, checkpoint_every, resume, keep_last):
+    def _check_checkpoint_arguments(self, checkpoint_dir, checkpoint_every, resume, keep_last,
+                                    metadata):
         """(count, unit) of ``checkpoint_every``; raises for bad checkpoint arguments."""
         if not isinstance(resume, bool):
             raise TypeError(f"resume: expected a bool, got {resume!r}")
         check_int(keep_last, "keep_last")
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
+            try:
+                json.dumps(metadata, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"metadata: must be JSON-serializable ({e})") from e
         if checkpoint_dir is None:
-            if resume or checkpoint_every is not None:
-                raise ValueError("checkpoint_dir: needed for resume and checkpoint_every")
+            if resume or checkpoint_every is not None or metadata is not None:
+                raise ValueError("checkpoint_dir: needed for resume, checkpoint_every and "
+                                 "metadata")
             return None
         if not isinstance(checkpoint_dir, (str, os.PathLike)):
             raise TypeError(f"checkpoint_dir: expected a path, got {checkpoint_dir!r}")
@@ -308,33 +328,46 @@ class Trainer:
 class _Saver:
     """One fit run's checkpoints in ``directory``: when to write them, and resuming."""
 
-    def __init__(self, trainer: Trainer, directory, every, keep_last: int, config: dict):
-        self.trainer, self.directory = trainer, Path(directory)
+    def __init__(self, trainer: Trainer, directory, every, keep_last: int, config: dict,
+                 metadata: dict | None):
+        self.trainer = trainer
+        self.files = checkpoint.CheckpointDirectory(directory, keep_last)
+        self.directory = self.files.directory
         self.count, self.unit = every
-        self.keep_last, self.config = keep_last, config
+        self.config, self.metadata = config, metadata
         self.saved_at, self.path = None, None  # (epoch, batch, step) written or loaded
+
+    def open(self) -> None:
+        """Check, create and lock the directory (ValueError if it cannot be used)."""
+        self.files.open()
+
+    def close(self) -> None:
+        self.files.close()
 
     def check_fresh(self) -> None:
         """A fresh run must not mix its checkpoints with an older run's."""
-        if checkpoint.list_checkpoints(self.directory):
+        if self.files.list():
             raise ValueError(f"checkpoint_dir: {self.directory} already holds checkpoints; "
-                             "pass resume=True to continue that run, or use an empty directory")
+                             f"continue that run with resume=True (on the command line: "
+                             f"gpubp train --resume {self.directory}), or use an empty "
+                             "directory")
 
     def resume(self) -> TrainingState:
         """Load the newest checkpoint that reads into the network and optimizer."""
         trainer = self.trainer
 
         def accept(path, tensors, state):
-            return TrainingState.from_checkpoint(path, tensors, state, trainer.net, self.config,
+            return TrainingState.from_checkpoint(path, tensors, state, trainer.net,
+                                                 trainer.optimizer, self.config,
                                                  trainer.epochs, History)
 
-        found = checkpoint.load_latest(self.directory, accept)
+        found = self.files.load_latest(accept)
         if found is None:
             raise CheckpointError(f"resume: no complete checkpoint in {self.directory}")
         self.path, (run, arrays) = found
         trainer.net.load_state(arrays["param"])
-        if hasattr(trainer.optimizer, "velocity"):
-            trainer.optimizer.velocity = arrays.get("velocity")
+        if callable(getattr(trainer.optimizer, "load_state_dict", None)):
+            trainer.optimizer.load_state_dict({"velocity": arrays.get("velocity")})
         self.saved_at = (run.epoch, run.batch, run.step)
         log.info("gpubp: resuming from %s (epoch %d, batch %d, step %d)", self.path,
                  run.epoch + 1, run.batch, run.step)
@@ -368,9 +401,8 @@ class _Saver:
                         "loss are not finite", run.step)
             return self.path
         tensors, state = run.to_checkpoint(trainer.net, trainer.optimizer, self.config,
-                                           trainer.epochs)
-        self.path = checkpoint.write_checkpoint(self.directory, run.step, tensors, state,
-                                                keep_last=self.keep_last)
+                                           trainer.epochs, self.metadata)
+        self.path = self.files.write(run.step, tensors, state)
         self.saved_at = (run.epoch, run.batch, run.step)
         return self.path
 

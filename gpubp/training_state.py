@@ -88,12 +88,13 @@ class TrainingState:
 
     # ---- to a checkpoint -------------------------------------------------------------
 
-    def to_checkpoint(self, net, optimizer, config: dict, epochs: int) -> tuple[dict, dict]:
+    def to_checkpoint(self, net, optimizer, config: dict, epochs: int,
+                      metadata: dict | None = None) -> tuple[dict, dict]:
         """(tensors, state) for :func:`gpubp.checkpoint.write_checkpoint`; host copies."""
         groups = {"param": net.parameters(), "best": self.best_state,
                   "epoch_start": self.epoch_start if self.batch else None,
                   "previous_start": self.previous_start,
-                  "velocity": _velocity(optimizer)}
+                  "velocity": _optimizer_state(optimizer).get("velocity")}
         tensors = {f"{group}.{i}": to_numpy(a)
                    for group, arrays in groups.items() if arrays is not None
                    for i, a in enumerate(arrays)}
@@ -110,17 +111,20 @@ class TrainingState:
             "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
             "waited": self.waited,
         }
+        if metadata is not None:
+            state["metadata"] = metadata
         return tensors, state
 
     # ---- from a checkpoint -----------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path, tensors: dict, state: dict, net, config: dict,
+    def from_checkpoint(cls, path, tensors: dict, state: dict, net, optimizer, config: dict,
                         epochs: int, history_type) -> tuple["TrainingState", dict]:
         """Check a checkpoint's contents and turn them into (state, arrays).
 
         ``arrays`` maps each group present to its list of backend arrays; nothing is
-        applied to ``net`` here.
+        applied to ``net`` here. A sealed checkpoint is still data: every counter, rate
+        and group is checked against the run (``config``, ``optimizer``) and each other.
 
         Raises:
             CheckpointMismatchError: a well-formed checkpoint of a different run (the
@@ -143,27 +147,71 @@ class TrainingState:
         run.first_loss = reader.float("first_loss", optional=True)
         best_loss = reader.float("best_loss", optional=True)
         run.best_loss = math.inf if best_loss is None else best_loss
-        n_batches = -(-config["n_rows"] // config["batch_size"])
-        if len(run.history) != run.epoch or run.batch > n_batches:
-            raise CheckpointError(f"{path}: inconsistent counters (epoch {run.epoch}, batch "
-                                  f"{run.batch}, {len(run.history)} history records)")
-        if run.batch and ("epoch_start" not in arrays or run.first_loss is None):
-            raise CheckpointError(f"{path}: a mid-epoch checkpoint without its epoch's start")
-        if run.epoch + (run.batch > 0) > epochs:
-            raise CheckpointMismatchError(f"epochs: {path} has already started epoch "
-                             f"{run.epoch + (run.batch > 0)}; epochs must be at least that, "
-                             f"got {epochs}")
+        _check_consistent(path, run, arrays, config, optimizer, epochs)
         run.best_state = arrays.get("best")
         run.epoch_start = arrays.get("epoch_start")
         run.previous_start = arrays.get("previous_start")
         return run, arrays
 
 
-def _velocity(optimizer):
-    velocity = getattr(optimizer, "velocity", None)
-    if velocity is None or any(v is None for v in velocity):
-        return None
-    return velocity
+def _check_consistent(path, run, arrays, config, optimizer, epochs) -> None:
+    """Raise CheckpointError where the state contradicts the run or itself."""
+    def bad(why):
+        return CheckpointError(f"{path}: {why}")
+
+    n_batches = -(-config["n_rows"] // config["batch_size"])
+    if len(run.history) != run.epoch or run.batch > n_batches:
+        raise bad(f"inconsistent counters (epoch {run.epoch}, batch {run.batch}, "
+                  f"{len(run.history)} history records)")
+    if run.step != run.epoch * n_batches + run.batch:
+        raise bad(f"step {run.step} does not match epoch {run.epoch} and batch {run.batch} "
+                  f"at {n_batches} batches an epoch")
+    if not run.lr > 0:
+        raise bad(f"learning rate {run.lr} is not > 0")
+    if run.batch and ("epoch_start" not in arrays or run.first_loss is None):
+        raise bad("a mid-epoch checkpoint without its epoch's start")
+    velocity = "velocity" in arrays
+    if getattr(optimizer, "momentum", None) is not None:
+        if bool(optimizer.momentum) and run.step > 0 and not velocity:
+            raise bad("no momentum buffers, and the optimizer has momentum")
+        if not optimizer.momentum and velocity:
+            raise bad("momentum buffers, and the optimizer has no momentum")
+    early_stopping = (config.get("patience") is not None)
+    stopping_state = ("best" in arrays or not math.isinf(run.best_loss) or run.waited
+                      or run.history.best_epoch is not None or run.history.stopped_early)
+    if stopping_state and not early_stopping:
+        raise bad("early-stopping state in a run without early stopping")
+    if early_stopping and run.waited > config["patience"]:
+        raise bad(f"waited {run.waited} epochs, beyond the patience {config['patience']}")
+    if run.epoch + (run.batch > 0) > epochs:
+        raise CheckpointMismatchError(f"epochs: {path} has already started epoch "
+                                      f"{run.epoch + (run.batch > 0)}; epochs must be at "
+                                      f"least that, got {epochs}")
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters; an integer too long to print (Python
+    refuses beyond 4,300 digits) is described by its size."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _optimizer_state(optimizer) -> dict:
+    state_dict = getattr(optimizer, "state_dict", None)
+    return state_dict() if callable(state_dict) else {}
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that is finite as a float (a 400-digit integer is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 class _Reader:
@@ -174,20 +222,19 @@ class _Reader:
 
     def bad(self, key, expected) -> CheckpointError:
         return CheckpointError(f"{self.path}: checkpoint field {key!r} is "
-                               f"{self.state.get(key)!r:.80}, expected {expected}")
+                               f"{short_repr(self.state.get(key))}, expected {expected}")
 
     def int(self, key) -> int:
         value = self.state.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.bad(key, "an integer >= 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise self.bad(key, "an integer in [0, 2**63)")
         return value
 
     def float(self, key, optional=False):
         value = self.state.get(key)
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
+        if not _finite_number(value):
             raise self.bad(key, "a finite number")
         return float(value)
 
@@ -219,8 +266,7 @@ def _history(reader: _Reader, history_type):
     for i, record in enumerate(records):
         if not isinstance(record, dict) or set(record) != set(history_type.KEYS) \
                 or record["epoch"] != i + 1 or not all(
-                    value is None or (type(value) in (int, float) and math.isfinite(value))
-                    for value in record.values()):
+                    value is None or _finite_number(value) for value in record.values()):
             raise reader.bad("history", f"records with keys {history_type.KEYS} (record {i})")
         history.records.append(dict(record))
     history.best_epoch, history.stopped_early = best_epoch, stopped

@@ -16,11 +16,11 @@ def last_json(out: str) -> dict:
 
 def test_train_with_no_arguments_reaches_97_percent_on_digits(capsys):
     assert main(["train", "--json"]) == 0
-    out = capsys.readouterr().out
-    result = last_json(out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout holds the JSON object and nothing else
     assert result["dataset"] == "digits" and result["layer_sizes"] == [64, 128, 10]
     assert result["epochs"] == 100 and result["test_accuracy"] >= 0.97
-    assert "epoch 100/100" in out and "test accuracy" in out
+    assert "epoch 100/100" in captured.err and "test accuracy" in captured.err
 
 
 def test_train_options_save_and_eval(tmp_path, capsys):
@@ -39,7 +39,8 @@ def test_train_options_save_and_eval(tmp_path, capsys):
 
     assert main(["eval", str(model), "--dataset", "digits", "--json"]) == 0
     evaluated = last_json(capsys.readouterr().out)
-    assert evaluated["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert evaluated["accuracy"] == pytest.approx(result["test_accuracy"])
+    assert evaluated["rows"] == result["test_rows"] == 359
 
 
 def test_train_on_a_user_csv(tmp_path, capsys):

@@ -11,7 +11,8 @@ class Dataset:
     """Train and test arrays on the host: X (N, n_features) float32, y (N,) int64 in 0..C−1.
 
     ``classes`` holds the original label of each class index (user files may label
-    classes 1..10 or by name).
+    classes 1..10 or by name); ``feature_names`` the feature columns of a CSV header, and
+    ``label_name`` the label column's name, where the file had them.
     """
 
     name: str
@@ -20,6 +21,8 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     classes: np.ndarray
+    feature_names: list[str] | None = None
+    label_name: str | None = None
 
     @property
     def n_features(self) -> int:

@@ -10,15 +10,57 @@ from gpubp.backend import to_numpy
 class _AffineScaler:
     """x ← (x − offset_) / scale_ per feature; subclasses fit offset_ and scale_."""
 
+    kind = ""  # the name a model file records
+
     def transform(self, X, dtype=np.float32) -> np.ndarray:
         return ((to_numpy(X).astype(np.float64) - self.offset_) / self.scale_).astype(dtype)
 
     def fit_transform(self, X, dtype=np.float32) -> np.ndarray:
         return self.fit(X).transform(X, dtype)
 
+    def state(self) -> dict:
+        """The fitted scaler as JSON: {"kind", "offset", "scale"} (floats round-trip)."""
+        return {"kind": self.kind, "offset": self.offset_.tolist(),
+                "scale": self.scale_.tolist()}
+
+    def __repr__(self) -> str:
+        fitted = f"n_features={len(self.offset_)}" if hasattr(self, "offset_") else "unfitted"
+        return f"{type(self).__name__}({fitted})"
+
+
+def scaler_from_state(state: dict, n_features: int) -> _AffineScaler:
+    """The scaler a :meth:`~_AffineScaler.state` describes, checked: a known kind, and
+    ``n_features`` finite offsets and finite positive scales. Raises ValueError."""
+    kinds = {cls.kind: cls for cls in (StandardScaler, MinMaxScaler)}
+    if not isinstance(state, dict) or state.get("kind") not in kinds:
+        raise ValueError(f"scaler: expected one of {sorted(kinds)}, got {state!r:.80}")
+    scaler = kinds[state["kind"]]()
+    try:
+        offset = np.array(state["offset"], dtype=np.float64)
+        scale = np.array(state["scale"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"scaler: unreadable parameters ({e})") from e
+    if offset.shape != (n_features,) or scale.shape != (n_features,):
+        raise ValueError(f"scaler: expected {n_features} offsets and scales, got "
+                         f"{offset.shape} and {scale.shape}")
+    if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("scaler: offsets and scales must be finite, scales > 0")
+    scaler.offset_, scaler.scale_ = offset, scale
+    return scaler
+
+
+def make_scaler(kind: str):
+    """A new scaler by name: "standard", "minmax", or None for "none"."""
+    scalers = {"standard": StandardScaler, "minmax": MinMaxScaler, "none": None}
+    if kind not in scalers:
+        raise ValueError(f"scale: expected one of {tuple(scalers)}, got {kind!r}")
+    return scalers[kind]() if scalers[kind] else None
+
 
 class StandardScaler(_AffineScaler):
     """x ← (x − mean) / std per feature, fitted on training data. Constant features get std 1."""
+
+    kind = "standard"
 
     def fit(self, X) -> "StandardScaler":
         X = to_numpy(X).astype(np.float64)
@@ -35,6 +77,8 @@ class StandardScaler(_AffineScaler):
 
 class MinMaxScaler(_AffineScaler):
     """x ← (x − min) / (max − min) per feature, into [0, 1] on the training data."""
+
+    kind = "minmax"
 
     def fit(self, X) -> "MinMaxScaler":
         X = to_numpy(X).astype(np.float64)
