@@ -56,8 +56,9 @@ class Backend:
         :meth:`free_memory`, before anything is allocated."""
         free = self.free_memory()
         if free is not None and n_bytes > free:
+            where = f"free on {self.device_name}" if self.is_gpu else "this process may allocate"
             raise ValueError(f"{name}: {what} needs about {format_bytes(n_bytes)}, more than "
-                             f"the {format_bytes(free)} free on {self.device_name}")
+                             f"the {format_bytes(free)} {where}")
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on NumPy); use before reading a clock."""

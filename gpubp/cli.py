@@ -472,7 +472,7 @@ def _eval(args) -> int:
         print(json.dumps({
             "model": str(args.model), "dataset": source, "rows": len(truth),
             "accuracy": metrics["accuracy"], "loss": metrics["loss"],
-            "classes": [str(c) for c in class_labels.tolist()],
+            "classes": class_labels.tolist(),
             "per_class": report(class_labels.tolist(), confusion),
             "confusion": confusion.tolist(),
         }))
@@ -528,7 +528,7 @@ def _predict(args) -> int:
     class_labels = info.class_labels(n_classes)
     columns = ["label"] + ([f"proba_{c}" for c in class_labels.tolist()] if args.proba else [])
     chunks = _prediction_inputs(args, net, source)
-    rows = 0
+    rows, digits = 0, 9 if net.dtype == np.float32 else 17  # enough to round-trip
     if args.out is None or Path(args.out).suffix.lower() == ".csv":
         with (atomic_writer(args.out) if args.out else _stdout_bytes()) as f:
             text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
@@ -538,7 +538,7 @@ def _predict(args) -> int:
                 labels, proba = _predict_chunk(net, info, X, args.proba)
                 rows += len(labels)
                 for i, label in enumerate(labels.tolist()):
-                    writer.writerow([label] + ([repr(float(p)) for p in proba[i]]
+                    writer.writerow([label] + ([f"{p:.{digits}g}" for p in proba[i].tolist()]
                                                if args.proba else []))
             text.flush()
             text.detach()

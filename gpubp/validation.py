@@ -12,12 +12,18 @@ from gpubp.backend import Backend, array_module, is_device_array
 DTYPES = ("float32", "float64")
 
 
+MAX_INT = 2**63  # every count the library keeps fits in an int64
+
+
 def check_int(value, name: str, minimum: int = 1) -> int:
-    """``value`` as an int ≥ ``minimum``; bools and non-integers are a TypeError."""
+    """``value`` as an int in [``minimum``, 2**63); bools and non-integers are a TypeError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {value!r}")
+        raise TypeError(f"{name}: expected an integer, got {value!r:.80}")
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    if value >= MAX_INT:
+        raise ValueError(f"{name}: must be < 2**63, got an integer of {int(value).bit_length()} "
+                         "bits")
     return int(value)
 
 
@@ -25,8 +31,12 @@ def check_float(value, name: str, minimum: float = 0.0, *, strict: bool = False,
                 below: float | None = None) -> float:
     """``value`` as a finite float ≥ ``minimum`` (> if ``strict``), < ``below`` if given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    value = float(value)
+        raise TypeError(f"{name}: expected a number, got {value!r:.80}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float, 10**400 say
+        raise ValueError(f"{name}: must be finite, got an integer of "
+                         f"{int(value).bit_length()} bits") from None
     if not np.isfinite(value):
         raise ValueError(f"{name}: must be finite, got {value}")
     if value < minimum or (strict and value == minimum):

@@ -1,13 +1,19 @@
 """The gpubp command line."""
 
+import contextlib
+import hashlib
+import io
 import json
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import gpubp
 from gpubp.cli import main
+from gpubp.training_log import COLUMNS, read_log
 
 
 def last_json(out: str) -> dict:
@@ -79,3 +85,367 @@ def test_console_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "gpubp", "info", "--backend", "numpy"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "backend: numpy" in done.stdout
+
+
+# ---- results a user can trust: classes, scaling, whole-file eval, predict ------------------
+
+def gpubp_cli(*args, cwd=None, timeout=120, **kwargs):
+    """Run the gpubp command in a subprocess: (exit code, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "gpubp", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, **kwargs)
+    return done.returncode, done.stdout, done.stderr
+
+
+def write_csv(path, X, y, header=("a", "b"), label="label", sep=","):
+    lines = [sep.join([*header, label])] + [
+        sep.join([*(repr(float(v)) for v in row), str(lab)]) for row, lab in zip(X, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def three_blobs(n=100, labels=(1, 2, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(labels, dtype=object), n)
+    centers = {lab: 3 * np.eye(2)[i] if i < 2 else np.zeros(2) for i, lab in enumerate(labels)}
+    X = rng.normal(size=(len(y), 2)) + np.array([centers[lab] for lab in y])
+    return X, y
+
+
+@pytest.mark.parametrize("labels,missing", [((1, 2, 3), 1), (("bird", "cat", "dog"), "bird")])
+def test_eval_maps_labels_through_the_models_classes(tmp_path, labels, missing):
+    """A model trained on {1,2,3} scored 0% on a file holding only 2s and 3s, its labels
+    re-indexed per file. Now eval uses the model's classes, and agrees with predict."""
+    X, y = three_blobs(labels=labels)
+    write_csv(tmp_path / "train.csv", X, y)
+    keep = y != missing
+    write_csv(tmp_path / "part.csv", X[keep], y[keep])
+    model = tmp_path / "m.safetensors"
+    code, _, err = gpubp_cli("train", "--dataset", tmp_path / "train.csv", "--epochs", "15",
+                             "--save", model, "--quiet")
+    assert code == 0, err
+    code, out, err = gpubp_cli("eval", model, "--dataset", tmp_path / "part.csv", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["rows"] == keep.sum() == 200 and result["accuracy"] > 0.85
+    code, out, err = gpubp_cli("predict", model, tmp_path / "part.csv")
+    assert code == 0, err
+    predicted = out.splitlines()
+    assert predicted[0] == "label" and len(predicted) == 201
+    truth = [str(v) for v in y[keep]]
+    assert result["accuracy"] == pytest.approx(np.mean([p == t for p, t in
+                                                        zip(predicted[1:], truth)]))
+    assert result["classes"] == list(labels)
+    assert result["per_class"][str(missing)]["support"] == 0
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 200
+    assert np.trace(confusion) == round(result["accuracy"] * 200)
+
+
+def test_eval_of_a_file_scores_every_row(tmp_path):
+    """`eval PATH` scored the 20% test part of a user's file: 59 of 300 rows."""
+    X, y = three_blobs()
+    write_csv(tmp_path / "d.csv", X, y)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "3", "--quiet",
+                 "--save", str(model)]) == 0
+    text = stdout_of(["eval", str(model), "--dataset", str(tmp_path / "d.csv")])
+    assert text.startswith(f"{model} on {tmp_path / 'd.csv'}: 300 rows, accuracy ")
+    assert "precision" in text and "confusion matrix" in text
+    result = json.loads(stdout_of(["eval", str(model), "--dataset", str(tmp_path / "d.csv"),
+                                   "--json"]))
+    assert result["rows"] == 300
+    assert set(result) >= {"rows", "accuracy", "loss", "per_class", "confusion"}
+    held_out = json.loads(stdout_of(["eval", str(model), "--dataset", str(tmp_path / "d.csv"),
+                                     "--split", "test", "--json"]))
+    assert held_out["rows"] == 60  # the part training held out
+
+
+def stdout_of(argv) -> str:
+    """stdout of a successful in-process ``gpubp`` call."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(argv) == 0
+    return buffer.getvalue()
+
+
+def test_unscaled_features_train_as_well_as_scaled_ones(tmp_path):
+    """Features around 5000 ± 1000 trained to chance; they are now standardized on the
+    training rows (and the model applies the same scaling to eval and predict)."""
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 200)
+    X = rng.normal(size=(400, 2)) * 1000 + 5000
+    X[:, 0] += 4000 * y
+    scaled = (X - X.mean(axis=0)) / X.std(axis=0)
+    write_csv(tmp_path / "raw.csv", X, y)
+    write_csv(tmp_path / "scaled.csv", scaled, y)
+    accuracy = {}
+    for name in ("raw", "scaled"):
+        out = stdout_of(["train", "--dataset", str(tmp_path / f"{name}.csv"),
+                                     "--epochs", "20", "--quiet", "--json",
+                                     "--save", str(tmp_path / f"{name}.safetensors")])
+        accuracy[name] = json.loads(out)["test_accuracy"]
+    assert accuracy["scaled"] > 0.85
+    assert abs(accuracy["raw"] - accuracy["scaled"]) <= 0.01
+    net = gpubp.MLP.load(tmp_path / "raw.safetensors", backend="numpy")
+    assert net.info.scaler.kind == "standard"
+    result = json.loads(stdout_of(["eval", str(tmp_path / "raw.safetensors"),
+                                               "--dataset", str(tmp_path / "raw.csv"),
+                                               "--json"]))
+    assert result["accuracy"] > 0.85  # eval scales the raw file as training did
+    unscaled = stdout_of(["train", "--dataset", str(tmp_path / "raw.csv"),
+                                      "--epochs", "20", "--quiet", "--json", "--scale", "none"])
+    assert json.loads(unscaled)["test_accuracy"] < accuracy["raw"]
+
+
+def test_a_label_column_named_twice_is_an_error(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["label,a,b,c,label"] + [f"{i % 2},{rng.normal()},{rng.normal()},{rng.normal()},"
+                                    f"{rng.integers(2)}" for i in range(50)]
+    (tmp_path / "dup.csv").write_text("\n".join(rows))
+    assert main(["train", "--dataset", str(tmp_path / "dup.csv"), "--quiet"]) == 1
+    assert "the label column 'label' appears 2 times" in capsys.readouterr().err
+
+
+def test_json_output_pipes_into_a_json_parser(tmp_path):
+    code, out, err = gpubp_cli("train", "--epochs", "2", "--json", "--quiet")
+    assert code == 0 and json.loads(out)["epochs"] == 2  # the whole of stdout
+    code, out, err = gpubp_cli("train", "--epochs", "2", "--json")  # progress to stderr
+    assert code == 0 and json.loads(out)["epochs"] == 2 and "epoch   2/2" in err
+    code, out, err = gpubp_cli("train", "--batch-size", "0", "--json")
+    assert code == 1
+    assert json.loads(out) == {"error": {"type": "ValueError",
+                                         "message": "batch_size: must be >= 1, got 0"}}
+    assert "batch_size: must be >= 1" in err
+
+
+def test_early_stopping_reports_the_restored_weights(capsys):
+    assert main(["train", "--epochs", "40", "--patience", "2", "--lr", "2", "--quiet",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stopped_early"] and result["best_epoch"] < result["epochs"]
+    # the reported validation metrics are those of the best (restored) epoch
+
+
+def test_save_is_recorded_and_honoured_on_resume(tmp_path, capsys):
+    run_dir, model = tmp_path / "run", tmp_path / "m.safetensors"
+    common = ["--layers", "8", "--batch-size", "256", "--quiet", "--json"]
+    assert main(["train", *common, "--epochs", "2", "--checkpoint-dir", str(run_dir),
+                 "--save", str(model)]) == 0
+    model.unlink()
+    assert main(["train", "--resume", str(run_dir), "--epochs", "3", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["saved_to"] == str(model)
+    assert gpubp.MLP.load(model).info.provenance["epochs"] == 3
+
+
+@pytest.mark.parametrize("target", ["directory", "under-a-file", "dataset", "test"])
+def test_a_bad_save_path_fails_before_training(tmp_path, capsys, target):
+    X, y = three_blobs()
+    data, test = write_csv(tmp_path / "d.csv", X, y), write_csv(tmp_path / "t.csv", X, y)
+    before = data.read_bytes()
+    (tmp_path / "file").write_text("x")
+    save = {"directory": tmp_path, "under-a-file": tmp_path / "file" / "m.safetensors",
+            "dataset": data, "test": test}[target]
+    assert main(["train", "--dataset", str(data), "--test", str(test), "--save", str(save),
+                 "--epochs", "3"]) == 1
+    captured = capsys.readouterr()
+    assert "--save: " in captured.err and "epoch" not in captured.out  # nothing trained
+    assert data.read_bytes() == before
+
+
+def test_save_over_the_npz_dataset_is_refused(tmp_path, capsys):
+    X, y = three_blobs()
+    np.savez(tmp_path / "d.npz", X=X, y=y.astype(np.int64))
+    before = (tmp_path / "d.npz").read_bytes()
+    assert main(["train", "--dataset", str(tmp_path / "d.npz"), "--save",
+                 str(tmp_path / "d.npz"), "--quiet"]) == 1
+    assert "would be overwritten" in capsys.readouterr().err
+    assert (tmp_path / "d.npz").read_bytes() == before
+
+
+def test_ctrl_c_without_a_checkpoint_dir_is_one_line_and_130(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "gpubp", "train", "--epochs", "100000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()  # "gpubp: training ..." once training starts
+    assert line.startswith("gpubp: training")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("gpubp train: error: interrupted by SIGINT; "
+                                            "nothing was saved (--checkpoint-dir makes a run "
+                                            "resumable)")
+
+
+def test_log_files_and_plot(tmp_path, capsys):
+    for suffix in ("csv", "jsonl"):
+        log = tmp_path / f"run.{suffix}"
+        assert main(["train", "--epochs", "3", "--validation", "0.1", "--quiet",
+                     "--log", str(log)]) == 0
+        rows = read_log(log)
+        assert [r["epoch"] for r in rows] == [1, 2, 3]
+        assert all(set(r) == set(COLUMNS) and r["val_accuracy"] is not None for r in rows)
+    assert main(["train", "--epochs", "2", "--log", str(tmp_path / "run.txt")]) == 1
+    assert "--log: expected a .csv or .jsonl" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(tmp_path / "run.csv"), str(tmp_path / "run.jsonl"),
+                 "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_resumed_run_rewrites_the_epochs_it_repeats_in_its_log(tmp_path):
+    log, run_dir = tmp_path / "run.csv", tmp_path / "run"
+    args = ["train", "--layers", "8", "--quiet", "--log", str(log)]
+    assert main([*args, "--epochs", "2", "--checkpoint-dir", str(run_dir)]) == 0
+    assert main(["train", "--resume", str(run_dir), "--epochs", "4", "--quiet"]) == 0
+    assert [r["epoch"] for r in read_log(log)] == [1, 2, 3, 4]
+
+
+def test_predict_outputs(tmp_path):
+    X, y = three_blobs(labels=("bird", "cat", "dog"))
+    write_csv(tmp_path / "d.csv", X, y, sep=";")
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "10", "--quiet",
+                 "--save", str(model)]) == 0
+    # features only (no label column), CSV out with probabilities
+    (tmp_path / "features.csv").write_text("\n".join(
+        ["a,b"] + [f"{a},{b}" for a, b in X]))
+    assert main(["predict", str(model), str(tmp_path / "features.csv"), "--proba",
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "label,proba_bird,proba_cat,proba_dog" and len(lines) == 301
+    probabilities = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    # npz in (with labels, which are ignored), npz out
+    np.savez(tmp_path / "in.npz", X=X, y=y.astype(str))
+    assert main(["predict", str(model), str(tmp_path / "in.npz"), "--proba",
+                 "--out", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as out:  # no pickles inside
+        assert out["labels"].tolist() == [line.split(",")[0] for line in lines[1:]]
+        assert out["classes"].tolist() == ["bird", "cat", "dog"]
+        np.testing.assert_allclose(out["proba"], probabilities, rtol=1e-6)
+    assert main(["predict", str(model), str(tmp_path / "in.npz"), "--out", str(model)]) == 1
+
+
+def test_predict_works_in_chunks(tmp_path, monkeypatch, capsys):
+    from gpubp import cli
+
+    X, y = three_blobs()
+    write_csv(tmp_path / "d.csv", X, y)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "5", "--quiet",
+                 "--save", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
+    whole = capsys.readouterr().out
+    monkeypatch.setattr(cli, "PREDICT_CHUNK", 7)
+    assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
+    assert capsys.readouterr().out == whole and len(whole.splitlines()) == 301
+
+
+def test_a_label_the_model_does_not_know_is_named_with_its_rows(tmp_path, capsys):
+    X, y = three_blobs()
+    write_csv(tmp_path / "d.csv", X, y)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "2", "--quiet",
+                 "--save", str(model)]) == 0
+    y_new = y.copy()
+    y_new[[4, 9]] = 7
+    write_csv(tmp_path / "new.csv", X, y_new)
+    assert main(["eval", str(model), "--dataset", str(tmp_path / "new.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "label 7 (rows 5, 10: 2 in all) is not one of the model's 3 classes [1, 2, 3]" in err
+
+
+def test_separate_test_file_and_csv_dialects(tmp_path, capsys):
+    X, y = three_blobs()
+    # a byte order mark, CRLF line ends, a quoted header and tabs, found automatically
+    (tmp_path / "bom.csv").write_bytes(
+        ("\ufeff" + "\r\n".join(['"a"\t"b"\t"label"'] + [f"{a}\t{b}\t{c}" for (a, b), c
+                                                         in zip(X, y)]) + "\r\n").encode())
+    assert main(["train", "--dataset", str(tmp_path / "bom.csv"), "--epochs", "10",
+                 "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.8
+    # header-less files separated by semicolons, the label first, and a separate test file
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.csv").write_text(
+            "\n".join(f"{c};{a};{b}" for (a, b), c in zip(X, y)))
+    assert main(["train", "--dataset", str(tmp_path / "train.csv"), "--test",
+                 str(tmp_path / "test.csv"), "--no-header", "--label-column", "0",
+                 "--delimiter", ";", "--epochs", "10", "--quiet", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_rows"] == 300 and result["layer_sizes"][0] == 2
+    assert main(["train", "--dataset", str(tmp_path / "train.csv"), "--no-header",
+                 "--label-column", "label", "--quiet"]) == 1
+    assert "needs the label column's index" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("a,b,label\n1,2,0\n3,,1\n", "d.csv:3: missing value in column 'b'"),
+    ("a,b,label\n1,2,0\n3,x7,1\n", "d.csv:3: non-numeric feature value 'x7' in column 'b'"),
+    ("a,b,label\n1,nan,0\n3,4,1\n", "d.csv:2: column 'b' holds 'nan'"),
+])
+def test_bad_values_name_their_line_and_column(tmp_path, capsys, content, message):
+    (tmp_path / "d.csv").write_text(content)
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--quiet"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_continuous_labels_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 2))
+    write_csv(tmp_path / "r.csv", X, np.round(X[:, 0] * 1000 + rng.normal(size=3000), 3))
+    assert main(["train", "--dataset", str(tmp_path / "r.csv"), "--quiet"]) == 1
+    assert "the labels look continuous" in capsys.readouterr().err
+
+
+def test_mixed_label_types_in_an_npz_are_refused(tmp_path, capsys):
+    X = np.zeros((4, 2))
+    np.savez(tmp_path / "m.npz", X_train=X, y_train=np.array([0, 1, 0, 1]), X_test=X,
+             y_test=np.array(["0", "1", "0", "1"]))
+    assert main(["train", "--dataset", str(tmp_path / "m.npz"), "--quiet"]) == 1
+    assert "y_train holds integers and y_test strings" in capsys.readouterr().err
+
+
+def test_an_old_model_file_loads_with_classes_0_to_c(tmp_path, capsys):
+    from gpubp.serialization import write_model
+
+    net = gpubp.MLP([64, 16, 10], backend="numpy", seed=0)
+    write_model(tmp_path / "old.safetensors", net.layer_sizes, net.dtype,
+                net.parameters())  # no ModelInfo: as gpubp 0.1 wrote them
+    loaded = gpubp.MLP.load(tmp_path / "old.safetensors")
+    assert loaded.info.classes is None
+    assert loaded.info.class_labels(10).tolist() == list(range(10))
+    assert main(["eval", str(tmp_path / "old.safetensors"), "--dataset", "digits",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 359
+
+
+def test_model_file_carries_what_is_needed_to_use_it(tmp_path):
+    X, y = three_blobs(labels=(0.5, 1.5, 2.5))
+    write_csv(tmp_path / "d.csv", X, y, header=("width", "height"), label="kind")
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--label-column", "kind",
+                 "--scale", "minmax", "--epochs", "2", "--quiet", "--save", str(model)]) == 0
+    info = gpubp.MLP.load(model).info
+    assert info.classes.tolist() == [0.5, 1.5, 2.5] and info.classes.dtype == np.float64
+    assert info.scaler.kind == "minmax" and info.feature_names == ["width", "height"]
+    assert info.label_column == "kind"
+    provenance = info.provenance
+    assert provenance["gpubp"] == gpubp.__version__ and provenance["backend"] == "numpy"
+    assert provenance["dtype"] == "float32" and provenance["blas"]
+    assert provenance["data_sha256"] == hashlib.sha256((tmp_path / "d.csv").read_bytes()).hexdigest()
+    assert provenance["options"]["scale"] == "minmax" and "trained_at" in provenance
+
+
+def test_mnist_offline_says_where_it_looked(tmp_path, capsys):
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--no-download",
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "train-images-idx3-ubyte" in err
+
+
+def test_info_lists_blas_threads_kernel_cache_and_devices(capsys):
+    assert main(["info", "--json", "--backend", "numpy"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["blas"] and facts["blas_threads"] >= 1
+    assert facts["kernel_cache"].endswith("kernels") and facts["cuda_devices"] == []
