@@ -80,7 +80,8 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
     Args:
         logits: z^L, (B, C), float32 or float64. −inf is allowed where a row has a
             finite logit.
-        targets: integer labels (B,) or target rows (B, C) that each sum to 1.
+        targets: integer labels (B,), or floating-point target rows (B, C): class
+            probabilities, or any weights (a row need not sum to 1).
         scale: multiplies the gradient; 1/B makes it the gradient of the batch mean.
         ignore_index: with labels, rows whose label equals it count for nothing: zero
             loss, zero gradient, left out of the mean.
@@ -91,10 +92,13 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
 
     Returns:
         (loss, grad): loss (B,) per row (L = −Σ_j y_j log p_j) or a 0-d mean, in the
-        logits' dtype; grad (B, C) = (P − Y)·scale (EqA1.1), zero on ignored rows.
+        logits' dtype; grad (B, C) = (P·Σy − Y)·scale, the exact gradient of L with Σy
+        each row's target sum: (P − Y)·scale (EqA1.1) for labels and rows summing to 1;
+        zero on ignored rows.
 
     Raises:
         DataError: a label outside [0, C) that is not ``ignore_index``.
+        TypeError: target rows that are not floating point.
     """
     xp = array_module(logits)
     check_cross_entropy_args(logits, targets, ignore_index, reduction, out)
@@ -117,7 +121,8 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
     else:
         # 0 · log p is taken as 0, so a class with zero target never yields NaN.
         weighted = xp.where(targets != 0, targets * shifted, 0)
-        loss_rows = log_sum * targets.sum(axis=1) - weighted.sum(axis=1)
+        target_sums = targets.sum(axis=1)
+        loss_rows = log_sum * target_sums - weighted.sum(axis=1)
     loss_rows = loss_rows.astype(logits.dtype, copy=False)
 
     g = None
@@ -127,6 +132,8 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
         if targets.ndim == 1:
             g[rows, targets] -= 1
         else:
+            # dL/dz_j = p_j·Σy − y_j: P − Y only where the row sums to 1.
+            g *= target_sums[:, None]
             g -= targets
         g *= scale
         if counted is not None:
@@ -156,6 +163,10 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction, out) -> N
     elif targets.shape != logits.shape:
         raise ValueError(f"targets: expected ({batch},) labels or ({batch}, {n_classes}) "
                          f"rows, got shape {targets.shape}")
+    elif targets.dtype.kind != "f":
+        # As PyTorch does: target rows are probabilities; integers are labels, of shape (B,).
+        raise TypeError(f"targets: target rows (B, C) must be floating point, got "
+                        f"{targets.dtype}; integer labels have shape ({batch},)")
     elif ignore_index is not None:
         raise ValueError("ignore_index: applies to integer labels, not to target rows")
     if reduction not in REDUCTIONS:

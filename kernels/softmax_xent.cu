@@ -2,11 +2,16 @@
 //
 // For each row of logits z (B rows, C columns) and its target (a label, or a row t):
 //   loss = −Σ_j t_j log p_j  with  p = softmax(z)
-//   grad = (p − t) · scale                           (EqA1.1: dL/dz^L = P − Y)
+//   grad = (p · Σ_k t_k − t) · scale                 (the exact dL/dz for any row t;
+//                                                     EqA1.1's P − Y when Σ_k t_k = 1)
 // With sh_j = z_j − max(z) and s = Σ_j e^{sh_j}: log p_j = sh_j − log s, so
-//   loss = log s · Σ_j t_j − Σ_j t_j sh_j   and   p_j = e^{sh_j} / s.
+//   loss = log s · Σ_j t_j − Σ_j t_j sh_j   and   p_j · Σ_k t_k = e^{sh_j} · (Σ_k t_k / s).
 // Shifting by the row max makes both exact under any common offset of the row and
 // lets −inf logits through (p_j = 0) while the row has a finite one.
+// Every gradient value needs the row's target sum Σt: xent_small and xent_row sum a
+// dense row's targets before its logits fill the registers and read them again (from
+// cache) for the gradient; the split path has Σt from its first pass. A label's Σt is
+// 1, and Σt / s = 1 / s exactly, so label rows give the same bits as P − Y did.
 //
 // Three paths, chosen on the host by C (all give the same results):
 //   xent_small   C ≤ 256: a group of 1..32 lanes per row, many rows per block.
@@ -59,14 +64,12 @@ __device__ __forceinline__ T target_at(const RowTarget& rt, const T* target_row,
     return rt.dense ? target_row[j] : T(j == rt.label ? 1 : 0);
 }
 
-// (e^{sh}/s − t)·scale; adds t·sh to `dot` and t to `tsum` (zero t skipped: no 0·(−inf)).
+// (p·Σt − t)·scale = (e^{sh}·ratio − t)·scale with ratio = Σt / s; adds t·sh to `dot`
+// (zero t skipped: no 0·(−inf)).
 template <typename T>
-__device__ __forceinline__ T grad_term(T sh, T t, T inv_s, T scale, T& dot, T& tsum) {
-    if (t != T(0)) {
-        dot += t * sh;
-        tsum += t;
-    }
-    return (exp_(sh) * inv_s - t) * scale;
+__device__ __forceinline__ T grad_term(T sh, T t, T ratio, T scale, T& dot) {
+    if (t != T(0)) dot += t * sh;
+    return (exp_(sh) * ratio - t) * scale;
 }
 
 // A bad row gives NaN, an ignored row 0.
@@ -111,6 +114,18 @@ __device__ void xent_small(const T* logits, const void* labels, int labels_64,
     const bool valid = row < rows;  // lanes past the last row still join the shuffles
     const i64 base = valid ? row * cols : 0;
 
+    // Σt of a dense row (labels == null for the whole launch, so every lane joins).
+    T tsum = T(1);
+    if (labels == nullptr) {
+        tsum = T(0);
+#pragma unroll
+        for (int i = 0; i < SMALL_ITEMS; ++i) {
+            const i64 j = lane + static_cast<i64>(i) * group;
+            if (valid && j < cols) tsum += target_rows[base + j];
+        }
+        tsum = group_sum(tsum, group);
+    }
+
     T sh[SMALL_ITEMS];
     T m = neg_inf<T>();
 #pragma unroll
@@ -132,17 +147,16 @@ __device__ void xent_small(const T* logits, const void* labels, int labels_64,
     RowTarget rt = {-1, true, false, false};
     if (valid) rt = row_target(labels, labels_64, row, cols, ignore_index, has_ignore);
     const T* target_row = rt.dense && valid ? target_rows + base : nullptr;
-    const T inv_s = T(1) / s;
-    T dot = T(0), tsum = T(0);
+    const T ratio = tsum / s;
+    T dot = T(0);
 #pragma unroll
     for (int i = 0; i < SMALL_ITEMS; ++i) {
         const i64 j = lane + static_cast<i64>(i) * group;
         if (!valid || j >= cols) continue;
-        const T g = grad_term(sh[i], target_at(rt, target_row, j), inv_s, scale, dot, tsum);
+        const T g = grad_term(sh[i], target_at(rt, target_row, j), ratio, scale, dot);
         if (grad) grad[base + j] = masked(g, rt);
     }
     dot = group_sum(dot, group);
-    tsum = group_sum(tsum, group);
 
     emit_loss(row_loss(log_(s), dot, tsum), rt, valid && lane == 0, row, loss_rows, bad_label,
               mean_partials, ticket, mean_out, scratch);
@@ -166,6 +180,25 @@ __device__ void xent_row(const T* logits, const void* labels, int labels_64,
     // Thread t holds vectors t, t + blockDim, ...: column (k·blockDim + t)·VEC + e.
     const int stride = blockDim.x * VEC;
     const int first = threadIdx.x * VEC;
+
+    // Σt of a dense row (labels == null for the whole launch, so every thread joins),
+    // kept in shared memory while the row takes the registers.
+    __shared__ T dense_tsum;
+    if (labels == nullptr) {
+        const T* target_row = target_rows + row * cols;
+        T tsum = T(0);
+        // Not unrolled: unrolled, it made ptxas spill registers in the row's own loops.
+#pragma unroll 1
+        for (int k = 0; k < NVEC; ++k) {
+            const int j0 = first + k * stride;
+            if (j0 >= n) continue;
+            const Vec<T, VEC> t = load_vec<T, VEC>(target_row + j0);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) tsum += t.v[e];
+        }
+        tsum = block_sum(tsum, scratch);
+        if (threadIdx.x == 0) dense_tsum = tsum;  // read after block_max's barriers
+    }
 
     T sh[ITEMS];
     T m = neg_inf<T>();
@@ -193,8 +226,8 @@ __device__ void xent_row(const T* logits, const void* labels, int labels_64,
     s = block_sum(s, scratch);
 
     const RowTarget rt = row_target(labels, labels_64, row, cols, ignore_index, has_ignore);
-    const T inv_s = T(1) / s;
-    T dot = T(0), tsum = T(0);
+    const T ratio = (rt.dense ? dense_tsum : T(1)) / s;  // 1/s for a label
+    T dot = T(0);
     T* grad_row = grad ? grad + row * cols : nullptr;
     if (rt.bad || !rt.counted) {
         // The whole row's gradient is one value: NaN for a bad label, 0 when ignored.
@@ -211,19 +244,12 @@ __device__ void xent_row(const T* logits, const void* labels, int labels_64,
             const Vec<T, VEC> t = load_vec<T, VEC>(target_row + j0);
             Vec<T, VEC> g;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const T shj = sh[k * VEC + e], tj = t.v[e];
-                if (tj != T(0)) {  // 0 · (−inf) never appears
-                    dot += tj * shj;
-                    tsum += tj;
-                }
-                g.v[e] = (exp_(shj) * inv_s - tj) * scale;
-            }
+            for (int e = 0; e < VEC; ++e)
+                g.v[e] = grad_term(sh[k * VEC + e], t.v[e], ratio, scale, dot);
             if (grad_row) store_vec<T, VEC>(grad_row + j0, g);
         }
     } else {
         const int label = static_cast<int>(rt.label);
-        tsum = threadIdx.x == 0 ? T(1) : T(0);
 #pragma unroll
         for (int k = 0; k < NVEC; ++k) {
             const int j0 = first + k * stride;
@@ -233,13 +259,13 @@ __device__ void xent_row(const T* logits, const void* labels, int labels_64,
             for (int e = 0; e < VEC; ++e) {
                 const bool hit = j0 + e == label;
                 if (hit) dot = sh[k * VEC + e];
-                g.v[e] = (exp_(sh[k * VEC + e]) * inv_s - (hit ? T(1) : T(0))) * scale;
+                g.v[e] = (exp_(sh[k * VEC + e]) * ratio - (hit ? T(1) : T(0))) * scale;
             }
             if (grad_row) store_vec<T, VEC>(grad_row + j0, g);
         }
     }
     dot = block_sum(dot, scratch);
-    tsum = block_sum(tsum, scratch);
+    const T tsum = rt.dense ? dense_tsum : T(1);
 
     emit_loss(row_loss(log_(s), dot, tsum), rt, threadIdx.x == 0, row, loss_rows, bad_label,
               mean_partials, ticket, mean_out, scratch_d);
@@ -313,15 +339,17 @@ __device__ void xent_finish(const T* logits, const void* labels, int labels_64,
     const i64 begin = chunk * blockDim.x * SPLIT_ITEMS;
     const RowTarget rt = row_target(labels, labels_64, row, cols, ignore_index, has_ignore);
 
-    // Combine the chunks in index order: M = max m_k, S = Σ_k s_k e^{m_k − M}.
+    // Combine the chunks in index order: M = max m_k, S = Σ_k s_k e^{m_k − M}, and for
+    // dense rows Σt = Σ_k Σt_k (a label's is 1).
     const T* stats = chunk_stats + 4 * row * chunks;
     T M = neg_inf<T>();
     for (i64 k = 0; k < chunks; ++k) M = max_(M, stats[4 * k]);
-    T S = T(0);
+    T S = T(0), tsum = T(0);
     for (i64 k = 0; k < chunks; ++k) {
         if (stats[4 * k + 1] != T(0)) S += stats[4 * k + 1] * exp_(stats[4 * k] - M);
+        tsum += stats[4 * k + 3];
     }
-    const T log_s = log_(S), inv_s = T(1) / S;
+    const T log_s = log_(S), ratio = rt.dense ? tsum / S : T(1) / S;
 
     if (grad) {
         const T* target_row = rt.dense ? target_rows + base : nullptr;
@@ -330,7 +358,7 @@ __device__ void xent_finish(const T* logits, const void* labels, int labels_64,
             const i64 j = begin + static_cast<i64>(i) * blockDim.x + threadIdx.x;
             if (j >= cols) break;
             const T t = target_at(rt, target_row, j);
-            grad[base + j] = masked((exp_(logits[base + j] - M) * inv_s - t) * scale, rt);
+            grad[base + j] = masked((exp_(logits[base + j] - M) * ratio - t) * scale, rt);
         }
     }
 

@@ -79,12 +79,16 @@ def test_fused_softmax_xent_matches_the_reference(rng, rows, cols, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cols", (3, 1000, 40000))
-def test_dense_target_rows(rng, cols, dtype):
+def test_dense_target_rows_of_any_sum(rng, cols, dtype):
     rows = 33
     logits = random_logits(rng, rows, cols, dtype)
-    targets = cp.asarray(rng.dirichlet(np.ones(cols), size=rows), dtype=dtype)
+    targets = rng.dirichlet(np.ones(cols), size=rows)
+    targets[:, 1::4] = 0
     targets[0] = 0
     targets[0, 0] = 1  # a one-hot row among soft ones
+    # Rows summing to 1, 0.5, 2.7 and 0: the gradient is (P·Σt − T)·scale.
+    targets *= (np.resize([1.0, 0.5, 2.7, 0.0], rows) / targets.sum(axis=1))[:, None]
+    targets = cp.asarray(targets, dtype=dtype)
     loss, grad = cuda_kernels.softmax_cross_entropy(logits, targets, 0.5,
                                                     out=poisoned_like(logits))
     want_loss, want_grad = reference(logits, targets, 0.5)

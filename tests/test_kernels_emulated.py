@@ -81,12 +81,21 @@ def test_labels_per_row_and_gradient_in_place(kernels, rng, rows, cols, dtype, p
     assert kernels.launched[0].startswith(f"xent_{'partial' if path == 'split' else path}")
 
 
-@pytest.mark.parametrize("rows,cols,dtype,path", CASES)
-def test_dense_targets_and_the_mean(kernels, rng, rows, cols, dtype, path):
-    logits = random_logits(rng, rows, cols, dtype)
-    targets = rng.dirichlet(np.ones(cols), size=rows).astype(dtype)
+def rows_of_any_sum(rng, rows, cols):
+    """Target rows summing to 1 (the first one-hot), 0.5, 2.7, 0, 1, ..., zeros inside."""
+    targets = rng.dirichlet(np.ones(cols), size=rows)
+    targets[:, 1::4] = 0
     targets[0] = 0
     targets[0, -1] = 1
+    targets *= (np.resize([1.0, 0.5, 2.7, 0.0], rows) / targets.sum(axis=1))[:, None]
+    return targets
+
+
+@pytest.mark.parametrize("rows,cols,dtype,path", CASES)
+def test_dense_targets_of_any_row_sum_and_the_mean(kernels, rng, rows, cols, dtype, path):
+    # The gradient is (P·Σt − T)·scale: every path needs the row's target sum first.
+    logits = random_logits(rng, rows, cols, dtype)
+    targets = rows_of_any_sum(rng, rows, cols).astype(dtype)
     grad = device(np.full_like(logits, np.nan))
     mean, _ = cuda_kernels.softmax_cross_entropy(device(logits), device(targets), 0.25,
                                                  reduction="mean", out=grad)
@@ -95,6 +104,13 @@ def test_dense_targets_and_the_mean(kernels, rng, rows, cols, dtype, path):
     assert_close(mean, want_mean, dtype)
     assert_close(grad, want_grad, dtype, 0.25)
     assert kernels.ticket[0] == 0  # the last block reset it for the next launch
+
+
+def test_integer_target_rows_are_a_type_error_before_any_launch(kernels):
+    with pytest.raises(TypeError, match=r"^targets: target rows \(B, C\) must be floating"):
+        cuda_kernels.softmax_cross_entropy(device(np.zeros((2, 3), np.float32)),
+                                           device(np.eye(3, dtype=np.int64)[[0, 2]]))
+    assert kernels.launched == []
 
 
 @pytest.mark.parametrize("rows,cols,dtype,path", CASES)

@@ -10,7 +10,7 @@ from gpubp.errors import DataError
 
 
 def direct_cross_entropy(logits, targets):
-    """Loss per row and P − Y, from the definitions, in Python floats (no shifting)."""
+    """Loss per row and P·Σy − Y, from the definitions, in Python floats (no shifting)."""
     logits = np.asarray(logits, np.float64)
     losses, grads = [], []
     for z, t in zip(logits, targets):
@@ -19,7 +19,7 @@ def direct_cross_entropy(logits, targets):
         s = math.fsum(math.exp(v - m) for v in z)
         p = np.array([math.exp(v - m) / s for v in z])
         losses.append(-math.fsum(yj * (v - m - math.log(s)) for yj, v in zip(y, z) if yj))
-        grads.append(p - y)
+        grads.append(p * math.fsum(y) - y)
     return np.array(losses), np.array(grads)
 
 
@@ -88,6 +88,75 @@ def test_minus_infinity_logits_get_zero_probability():
     np.testing.assert_allclose(loss, [0.5 * math.log1p(math.e) + 0.5 * math.log1p(1 / math.e), 0])
     assert grad[0, 1] == 0 and grad[1, 0] == 0 and grad[1, 2] == 0
     assert label_loss[0] == np.inf and label_loss[1] == 0  # the label's own p is 0, then 1
+
+
+def torch_cross_entropy(logits, targets, reduction):
+    """``F.cross_entropy`` with probability targets, in float64: the loss and its gradient
+    with respect to the logits (of the sum of the per-row losses for "none")."""
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(z, torch.tensor(targets, dtype=torch.float64),
+                                             reduction=reduction)
+    loss.sum().backward()
+    return loss.detach().numpy(), z.grad.numpy()
+
+
+def rows_summing_to(rng, total, rows=6, cols=7):
+    """Random target rows that each sum to ``total``, with zeros inside, and one all-zero row."""
+    targets = rng.uniform(size=(rows, cols))
+    targets[:, 1::3] = 0
+    targets *= total / targets.sum(axis=1, keepdims=True)
+    targets[-1] = 0
+    return targets
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("total", [1.0, 0.5, 2.7])
+def test_target_rows_match_torch_loss_and_gradient_for_any_row_sum(rng, total, reduction):
+    logits = rng.normal(size=(6, 7)) * 3
+    targets = rows_summing_to(rng, total)
+    # torch's mean divides by B, as gpubp's does; its gradient is then that of the mean.
+    scale = 1.0 / len(logits) if reduction == "mean" else 1.0
+    loss, grad = ops.softmax_cross_entropy(logits, targets, scale, reduction=reduction)
+    want_loss, want_grad = torch_cross_entropy(logits, targets, reduction)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-14)
+    # The loss ignores a common offset of a row, so each gradient row sums to 0 (P − Y's
+    # would sum to 1 − Σy).
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-15)
+    assert np.all(grad[-1] == 0) and (reduction == "mean" or loss[-1] == 0)
+
+
+@pytest.mark.parametrize("total", [0.5, 2.7])
+def test_gradient_of_rows_not_summing_to_one_matches_finite_differences(rng, total):
+    logits = rng.normal(size=(3, 5)) * 2
+    targets = rows_summing_to(rng, total, rows=3, cols=5)
+    targets[-1] = rng.uniform(size=5)  # a row of any sum
+    _, grad = ops.softmax_cross_entropy(logits, targets, 0.5)
+    h = 1e-5
+    numeric = np.empty_like(logits)
+    for index in np.ndindex(logits.shape):
+        step = np.zeros_like(logits)
+        step[index] = h
+        up = ops.softmax_cross_entropy(logits + step, targets, grad=False)[0].sum()
+        down = ops.softmax_cross_entropy(logits - step, targets, grad=False)[0].sum()
+        numeric[index] = 0.5 * (up - down) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_])
+def test_target_rows_that_are_not_floating_point_are_a_type_error(dtype):
+    targets = np.eye(3, dtype=dtype)[[0, 2]]  # one-hot, as PyTorch also refuses them
+    with pytest.raises(TypeError, match=rf"^targets: target rows \(B, C\) must be floating "
+                                        rf"point, got {np.dtype(dtype)}"):
+        ops.softmax_cross_entropy(np.zeros((2, 3)), targets)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_integer_labels_of_any_integer_dtype_still_work(dtype):
+    loss, grad = ops.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 2], dtype))
+    np.testing.assert_allclose(loss, math.log(3))
+    np.testing.assert_allclose(grad, [[-2 / 3, 1 / 3, 1 / 3], [1 / 3, 1 / 3, -2 / 3]])
 
 
 @pytest.mark.parametrize("labels", [[0, 5], [-1, 0], [0, -100]])
