@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from gpubp import blas, checkpoint
+from gpubp import checkpoint
 from gpubp.datasets.preprocessing import stratified_indices
 from gpubp.errors import CheckpointError, DivergenceError, TrainingInterrupted
 from gpubp.interrupts import stop_requests
 from gpubp.network import MLP
-from gpubp.optim import SGD
 from gpubp.schedules import ConstantLR
-from gpubp.training_state import TrainingState, data_fingerprint, parse_every
+from gpubp.step import make_stepper
+from gpubp.training_state import TrainingState, copy_into, data_fingerprint, parse_every
 from gpubp.validation import check_float, check_int
 
 log = logging.getLogger("gpubp")
@@ -140,12 +141,13 @@ class Trainer:
         net.check_training_memory(min(self.batch_size, X.shape[0]), self.optimizer)
 
         rng = np.random.default_rng(shuffle_seed)
-        base_lr = self.optimizer.lr
         run = TrainingState(history=History(), rng_state=rng.bit_generator.state)
         saver = None
         if checkpoint_dir is not None:
             saver = _Saver(self, checkpoint_dir, every, keep_last,
                            self._run_config(X, targets, X_val, t_val), metadata)
+        fit = _Fit(X, targets, X_val, t_val, rng, self.optimizer.lr, saver,
+                   make_stepper(net, self.optimizer, X, targets, self.batch_size))
         try:
             if saver is not None:
                 saver.open()
@@ -154,100 +156,75 @@ class Trainer:
                     rng.bit_generator.state = run.rng_state  # the permutation is redrawn
                 else:
                     saver.check_fresh()
-            history = run.history
-            with stop_requests(enabled=saver is not None) as stop:
-                while run.epoch < self.epochs and not history.stopped_early:
-                    self._train_epoch(X, targets, X_val, t_val, rng, run, base_lr, saver, stop)
+            with stop_requests(enabled=saver is not None) as fit.stop:
+                while run.epoch < self.epochs and not run.history.stopped_early:
+                    self._train_epoch(fit, run)
                     if saver is not None:
-                        saver.after_epoch(run, stop)
+                        saver.after_epoch(run, fit.stop)
                 if saver is not None:
                     saver.save(run)  # the final state, unless just saved
         finally:
-            self.optimizer.lr = base_lr
+            self.optimizer.lr = fit.base_lr
             if saver is not None:
                 saver.close()
         if run.best_state is not None:
             net.load_state(run.best_state)
-        return history
+        return run.history
 
-    def _train_epoch(self, X, targets, X_val, t_val, rng, run, base_lr, saver, stop):
-        """Run (the rest of) epoch ``run.epoch``, record it, and update early stopping."""
-        net, n, epoch = self.net, X.shape[0], run.epoch
+    def _train_epoch(self, fit: "_Fit", run: TrainingState) -> None:
+        """Run (the rest of) epoch ``run.epoch``: its steps, then its record."""
+        n, stepper = fit.X.shape[0], fit.stepper
         if run.batch == 0:
-            run.lr = base_lr * self.schedule.factor(epoch, self.epochs)
-            run.epoch_start = net.state()
-            run.loss_sum = net.backend.xp.zeros((), dtype=np.float64)  # stays on the device
-            run.first_loss, run.elapsed = None, 0.0
+            run.lr = fit.base_lr * self.schedule.factor(run.epoch, self.epochs)
+            run.keep_epoch_start(self.net)
+            run.elapsed = 0.0
         self.optimizer.lr = run.lr
+        stepper.begin_epoch(fit.rng.permutation(n), run.lr,
+                            loss_sum=float(run.loss_sum) if run.batch else 0.0)
+        if run.batch:  # a resumed epoch: its first loss is the checkpoint's
+            stepper.first_loss[...] = run.first_loss
+        run.loss_sum, run.first_loss = stepper.loss_sum, stepper.first_loss
         clock = time.perf_counter() - run.elapsed
-
-        def after_step():
+        batches = range(run.batch, -(-n // self.batch_size))
+        for batch in tqdm(batches, desc=f"epoch {run.epoch + 1}/{self.epochs}", unit="batch",
+                          leave=False, disable=None if self.progress else True):
+            stepper.step(batch)
             run.batch += 1
             run.step += 1
-            if saver is not None:
+            if fit.saver is not None:
                 run.elapsed = time.perf_counter() - clock
-                saver.after_step(run, stop)
-
-        self._run_epoch(X, targets, rng, run, after_step)
-        train_loss = float(run.loss_sum) / n
-        wall_time = time.perf_counter() - clock  # float() above synchronized
+                fit.saver.after_step(run, fit.stop)
+        train_loss = stepper.finish_epoch() / n
+        wall_time = time.perf_counter() - clock  # finish_epoch synchronized
         if not math.isfinite(train_loss):
-            self._recover(epoch, train_loss, float(run.first_loss), run.epoch_start,
-                          run.previous_start)
-        run.previous_start, run.epoch_start = run.epoch_start, None
-        record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "train_loss": train_loss,
-                  "val_loss": None, "val_accuracy": None, "wall_time": wall_time,
-                  "samples_per_s": n / wall_time}
-        if X_val is not None:
-            metrics = net.evaluate_prepared(X_val, t_val)
+            self._recover(run, train_loss)
+        self._end_epoch(fit, run, {
+            "epoch": run.epoch + 1, "lr": run.lr, "train_loss": train_loss, "val_loss": None,
+            "val_accuracy": None, "wall_time": wall_time, "samples_per_s": n / wall_time})
+
+    def _end_epoch(self, fit: "_Fit", run: TrainingState, record: dict) -> None:
+        """Validate, record the epoch, and update early stopping."""
+        if fit.X_val is not None:
+            metrics = self.net.evaluate_prepared(fit.X_val, fit.t_val)
             record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
-        history = run.history
-        history.records.append(record)
-        run.epoch, run.batch, run.rng_state = epoch + 1, 0, rng.bit_generator.state
+        run.history.records.append(record)
+        run.epoch, run.batch, run.rng_state = run.epoch + 1, 0, fit.rng.bit_generator.state
+        run.end_epoch_starts()
         if self.on_epoch is not None:
             self.on_epoch(record)
-        if self.patience is None:
-            return
+        if self.patience is not None:
+            self._early_stopping(run, record)
+
+    def _early_stopping(self, run: TrainingState, record: dict) -> None:
+        """Keep the best weights; stop after ``patience`` epochs without improvement."""
         if record["val_loss"] < run.best_loss - self.min_delta:
-            run.best_loss, run.best_state, run.waited = record["val_loss"], net.state(), 0
-            history.best_epoch = epoch + 1
+            run.best_loss, run.waited = record["val_loss"], 0
+            run.best_state = copy_into(run.best_state, self.net.parameters())
+            run.history.best_epoch = record["epoch"]
         else:
             run.waited += 1
             if run.waited >= self.patience:
-                history.stopped_early = True
-
-    def _run_epoch(self, X, targets, rng, run, after_step):
-        """One pass over shuffled minibatches, from batch ``run.batch`` on.
-
-        Adds Σ loss × rows to ``run.loss_sum`` (on the device) and keeps the loss of the
-        epoch's first batch in ``run.first_loss``: the only one computed with the
-        weights the epoch started from. ``after_step()`` runs after every step.
-        """
-        net, n = self.net, X.shape[0]
-        order = net.backend.asarray(rng.permutation(n))
-        params = net.parameters()
-        starts = range(run.batch * self.batch_size, n, self.batch_size)
-        bar = tqdm(starts, desc=f"epoch {run.epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, disable=None if self.progress else True)
-        fused = self._fused_sgd()
-        for i in bar:
-            rows = order[i:i + self.batch_size]
-            if fused:
-                loss = net.sgd_step_prepared(X[rows], targets[rows], self.optimizer.lr)
-            else:
-                loss, grads = net.loss_and_grads_prepared(X[rows], targets[rows])
-                self.optimizer.step(params, [g for pair in grads for g in pair])
-            run.loss_sum += loss * rows.shape[0]
-            if run.first_loss is None:
-                run.first_loss = loss
-            after_step()
-
-    def _fused_sgd(self) -> bool:
-        """Plain SGD on NumPy with MKL: the update rides on the gradient GEMM (one pass
-        fewer over every weight); any other optimizer takes its own step."""
-        opt = self.optimizer
-        return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
-                and not self.net.backend.is_gpu and blas.has_mkl())
+                run.history.stopped_early = True
 
     def _check_checkpoint_arguments(self, checkpoint_dir, checkpoint_every, resume, keep_last,
                                     metadata):
@@ -282,20 +259,21 @@ class Trainer:
             "data_sha256": data_fingerprint(X, targets, X_val, t_val),
         }
 
-    def _recover(self, epoch, train_loss, first_loss, start, previous_start):
+    def _recover(self, run: TrainingState, train_loss: float) -> None:
         """Restore the last weights whose loss was seen finite, and raise DivergenceError.
 
-        The epoch's first batch evaluated ``start``; if that loss was finite, ``start`` is
-        good. Otherwise the previous epoch's start is (all its losses were finite).
+        The epoch's first step evaluated the epoch's start; if that loss was finite, the
+        start is good. Otherwise the previous epoch's start is (all its losses were).
         """
-        if math.isfinite(first_loss):
-            self.net.load_state(start)
+        epoch = run.epoch
+        if math.isfinite(float(run.first_loss)):
+            self.net.load_state(run.epoch_start)
             kept = f"the start of epoch {epoch + 1}, the last with a finite loss"
-        elif previous_start is not None:
-            self.net.load_state(previous_start)
+        elif run.previous_start is not None:
+            self.net.load_state(run.previous_start)
             kept = f"the start of epoch {epoch}, the last with a finite loss"
         else:
-            self.net.load_state(start)
+            self.net.load_state(run.epoch_start)
             kept = "the start of training (their loss was already not finite)"
         reset = getattr(self.optimizer, "reset", None)
         if callable(reset):
@@ -323,6 +301,22 @@ class Trainer:
                                         name="validation")
         train, val = net.backend.asarray(train), net.backend.asarray(val)
         return X[train], targets[train], X[val], targets[val]
+
+
+@dataclasses.dataclass
+class _Fit:
+    """What stays fixed through one :meth:`Trainer.fit` call: the data, the shuffle RNG,
+    the base learning rate, the checkpoint saver, the stepper, and the stop request."""
+
+    X: object
+    targets: object
+    X_val: object
+    t_val: object
+    rng: np.random.Generator
+    base_lr: float
+    saver: "_Saver | None"
+    stepper: object
+    stop: object = None
 
 
 class _Saver:

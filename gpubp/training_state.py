@@ -85,6 +85,17 @@ class TrainingState:
     waited: int = 0
     epoch_start: list | None = None
     previous_start: list | None = None
+    _spare: list | None = None  # buffers of a start no longer kept, reused by the next
+
+    def keep_epoch_start(self, net) -> None:
+        """Copy the weights the epoch starts from into ``epoch_start`` (reusing buffers)."""
+        self.epoch_start = copy_into(self._spare, net.parameters())
+        self._spare = None
+
+    def end_epoch_starts(self) -> None:
+        """At an epoch's end its start becomes the previous one; the one before is spare."""
+        self._spare, self.previous_start, self.epoch_start = (
+            self.previous_start, self.epoch_start, None)
 
     # ---- to a checkpoint -------------------------------------------------------------
 
@@ -152,6 +163,15 @@ class TrainingState:
         run.epoch_start = arrays.get("epoch_start")
         run.previous_start = arrays.get("previous_start")
         return run, arrays
+
+
+def copy_into(buffers: list | None, arrays: list) -> list:
+    """``arrays`` copied into ``buffers`` (made on first use); returns the buffers."""
+    if buffers is None:
+        return [a.copy() for a in arrays]
+    for buffer, a in zip(buffers, arrays, strict=True):
+        buffer[...] = a
+    return buffers
 
 
 def _check_consistent(path, run, arrays, config, optimizer, epochs) -> None:

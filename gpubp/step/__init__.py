@@ -1,0 +1,24 @@
+"""One training step over persistent buffers, per backend.
+
+A stepper runs the steps of an epoch: ``begin_epoch(order, lr)``, then ``step(b)`` for
+each batch b (rows ``order[b·B:(b+1)·B]``), then ``finish_epoch()`` for the epoch's
+Σ_rows loss. Each backend's step reads top to bottom in one file:
+:mod:`gpubp.step.numpy_step` and :mod:`gpubp.step.cuda_step`. The readable reference
+of the same math is :meth:`gpubp.MLP.loss_and_grads` with :meth:`gpubp.SGD.step`.
+"""
+
+from gpubp.step.numpy_step import NumpyStepper
+from gpubp.step.workspace import Workspace
+
+
+def make_stepper(net, optimizer, X, targets, batch_size: int, **options):
+    """The stepper for ``net``'s backend. X: (N, n_in), targets: (N,) or (N, C),
+    prepared arrays on that backend. ``options`` go to the CUDA stepper (cuda_graphs...)."""
+    if net.backend.is_gpu:
+        from gpubp.step.cuda_step import CudaStepper  # imports CuPy
+
+        return CudaStepper(net, optimizer, X, targets, batch_size, **options)
+    return NumpyStepper(net, optimizer, X, targets, batch_size)
+
+
+__all__ = ["make_stepper", "NumpyStepper", "Workspace"]
