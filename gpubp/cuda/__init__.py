@@ -1,0 +1,1 @@
+"""gpubp's CUDA layer: what the CuPy backend calls below CuPy (cuBLAS through ctypes)."""
