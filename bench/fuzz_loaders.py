@@ -5,15 +5,20 @@ model files and checkpoints.
 
 Each case mutates a valid seed file (bit flips, boundary bytes, 32/64-bit size fields,
 truncation, deletion, insertion, duplication, digit runs replaced by huge or odd
-numbers; for containers also the inner file before re-wrapping: gzip, zip members,
-a checkpoint's body re-sealed with a fresh checksum, its JSON state edited) and loads
+numbers, 400-digit integers among them; for containers also the inner file before
+re-wrapping: gzip, zip members under every method zipfile writes (stored, deflate,
+bzip2, lzma), a checkpoint's body re-sealed with a fresh checksum, JSON edited field
+by field: a checkpoint's state, a model's safetensors header and metadata) and loads
 it. A case passes when the loader returns, or raises a gpubp error that is a
 ValueError. Anything else is a finding: another exception, a case running past
 ``--timeout`` seconds, or a tracemalloc peak above MEMORY_FACTOR × the bytes the loader
 is given + MEMORY_SLACK ("given": the file, or its decompressed content for gzip and
-deflated zip members, whose ratio the format bounds at about 1,032). Prints one JSON
-summary: cases per loader, outcomes, the worst memory ratio, and each distinct finding
-with a base64 example.
+compressed zip members). Before its timed cases, each loader is also given each of its
+files replaced by a FIFO with no writer, a directory and /dev/zero, in a child process
+under an address-space limit (a loader that hangs or reads /dev/zero forever must not
+take this process, or the machine, with it). Prints one JSON summary: cases per
+loader, outcomes, the worst memory ratio, and each distinct finding with a base64
+example.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import copy
 import gzip
 import io
 import json
+import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +51,7 @@ from gpubp.errors import GpubpError
 MEMORY_FACTOR = {"csv": 200, "default": 16}  # CSV rows become Python lists of str first
 MEMORY_SLACK = 4 << 20  # read buffers: gzip and zip reads take 1 MiB chunks
 DIGIT_RUNS = [b"0", b"-1", b"4294967296", b"1000000000000", b"1e999", b"nan",
-              b"99999999999999999999999", b"1" * 5000]
+              b"99999999999999999999999", b"9" * 400, b"-" + b"9" * 400, b"1" * 5000]
 U32 = [0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 10**9]
 U64 = [2**63 - 1, 2**64 - 1, 10**12, 2**32]
 MUTATIONS = 10
@@ -173,9 +180,13 @@ class MnistTarget(Target):
         mnist._images_and_labels(read_idx(paths["images.gz"]), read_idx(paths["labels.gz"]))
 
 
-def _npz_bytes(members: dict, deflate: bool) -> bytes:
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+INFLATE_CAP = 64 << 20  # measuring a mutated archive's content stops here
+
+
+def _npz_bytes(members: dict, method: int = zipfile.ZIP_STORED) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+    with zipfile.ZipFile(out, "w", method) as z:
         for name, data in members.items():
             z.writestr(name, data)
     return out.getvalue()
@@ -187,8 +198,35 @@ def _npy_bytes(array) -> bytes:
     return out.getvalue()
 
 
+def _inflated_size(data: bytes) -> int:
+    """The bytes the members of the zip archive ``data`` decompress to, up to
+    INFLATE_CAP: what a loader can be given by a mutated compressed archive (bzip2 and
+    lzma have no fixed ratio). Measured with gpubp's own member streams, which read a
+    member to its stream's end, as the loader does (zipfile would stop at the size the
+    archive declares); what does not read counts what came before it broke."""
+    from gpubp.datasets import npz
+
+    total = 0
+    try:
+        raw = io.BytesIO(data)
+        with zipfile.ZipFile(raw) as archive:
+            for info in archive.infolist():
+                with npz._MemberStream(raw, info, window=INFLATE_CAP) as f:
+                    while total < INFLATE_CAP:
+                        part = f.read(1 << 20)
+                        if not part:
+                            break
+                        total += len(part)
+    except Exception:  # noqa: BLE001 - a broken archive: its content so far
+        pass
+    return total
+
+
 class NpzTarget(Target):
-    name, variants = "npz", 3  # mutated zip bytes; a mutated member, stored; deflated
+    """Variant v compresses with ZIP_METHODS[v // 2]; even v mutates the archive's bytes
+    after compression, odd v a member before it."""
+
+    name, variants = "npz", 2 * len(ZIP_METHODS)
 
     def seeds(self):
         rng = np.random.default_rng(2)
@@ -202,13 +240,15 @@ class NpzTarget(Target):
         ]
 
     def build(self, seed, ops, variant):
-        if variant == 0:
-            data = mutate(_npz_bytes(seed, deflate=False), ops)
-            return {"d.npz": data}, len(data)
+        method = ZIP_METHODS[variant // 2]
+        if variant % 2 == 0:
+            data = mutate(_npz_bytes(seed, method), ops)
+            given = len(data) if method == zipfile.ZIP_STORED else _inflated_size(data)
+            return {"d.npz": data}, max(given, len(data))
         members = dict(seed)
         name = sorted(members)[ops[0][1] % len(members)]
         members[name] = mutate(members[name], ops)
-        data = _npz_bytes(members, deflate=variant == 2)
+        data = _npz_bytes(members, method)
         return {"d.npz": data}, sum(map(len, members.values())) + len(data)
 
     def load(self, paths):
@@ -234,7 +274,8 @@ class CsvTarget(Target):
 
 
 class ModelTarget(Target):
-    name, variants = "model", 2  # mutated bytes; mutated JSON header, length fixed up
+    # mutated bytes; mutated JSON header, length fixed up; JSON header edited field by field
+    name, variants = "model", 3
 
     def seeds(self):
         seeds = []
@@ -246,7 +287,12 @@ class ModelTarget(Target):
         return seeds
 
     def build(self, seed, ops, variant):
-        data = mutate(seed, ops) if variant == 0 else _mutate_safetensors_header(seed, ops)
+        if variant == 0:
+            data = mutate(seed, ops)
+        elif variant == 1:
+            data = _mutate_safetensors_header(seed, ops)
+        else:
+            data = _edit_safetensors_header(seed, ops)
         return {"m.safetensors": data}, len(data)
 
     def load(self, paths):
@@ -257,6 +303,23 @@ def _mutate_safetensors_header(data: bytes, ops) -> bytes:
     n = int.from_bytes(data[:8], "little")
     header = mutate(data[8:8 + n], ops)
     return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
+def _edit_safetensors_header(data: bytes, ops) -> bytes:
+    """Set fields of the JSON header to odd values (huge integers among them): a
+    tensor's dtype, shape or offsets, a metadata value, or, one time in four, an entry
+    of the JSON list inside the metadata's ``layer_sizes`` string. Length fixed up."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    metadata = header.get("__metadata__", {})
+    if ops[0][2] % 4 == 0 and "layer_sizes" in metadata:
+        sizes = json.loads(metadata["layer_sizes"])
+        _edit_json(sizes, ops)
+        metadata["layer_sizes"] = json.dumps(sizes)
+    else:
+        _edit_json(header, ops)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 class CheckpointTarget(Target):
@@ -299,9 +362,12 @@ class CheckpointTarget(Target):
         path = paths["c.ckpt"]
         tensors, state = checkpoint.read_checkpoint(path)
         net = gpubp.MLP((4, 3, 2), backend="numpy", seed=0)
+        optimizer = gpubp.SGD(0.1, momentum=0.9)  # as the seeds were written
         config = {**_seed_config(), "layer_sizes": [4, 3, 2]}
-        run, arrays = TrainingState.from_checkpoint(path, tensors, state, net, config, 3, History)
-        net.load_state(arrays["param"])
+        run, arrays = TrainingState.from_checkpoint(path, tensors, state, net, optimizer,
+                                                    config, 3, History)
+        net.load_state(arrays["param"])  # applied as Trainer's resume applies it
+        optimizer.load_state_dict({"velocity": arrays.get("velocity")})
         np.random.default_rng().bit_generator.state = run.rng_state
 
 
@@ -326,18 +392,15 @@ def _seed_config() -> dict:
     return _CONFIG
 
 
-ODD_VALUES = [None, -1, 0, 2**70, 1.5, float("inf"), "x", [], {}, [[[]]], True,
-              {"bit_generator": "MT19937"}]
+ODD_VALUES = [None, -1, 0, 2**70, 10**400, -10**400, 1.5, float("inf"), "x", [], {},
+              [[[]]], True, {"bit_generator": "MT19937"}]
 
 
-def _edit_state(body: bytes, ops) -> bytes:
-    """Set one field of the JSON state (possibly nested) to an odd value."""
-    from gpubp.fileio import read_safetensors
-
-    metadata, tensors = read_safetensors(body)
-    state = json.loads(metadata["state"])
+def _edit_json(root, ops) -> None:
+    """Set one field of the JSON value ``root`` (possibly nested) per op to an odd
+    value, in place."""
     for _, a, c in ops:
-        node = state
+        node = root
         while isinstance(node, (dict, list)) and node:
             keys = list(node) if isinstance(node, dict) else list(range(len(node)))
             key = keys[a % len(keys)]
@@ -346,6 +409,15 @@ def _edit_state(body: bytes, ops) -> bytes:
                 node[key] = copy.deepcopy(ODD_VALUES[c % len(ODD_VALUES)])
                 break
             node, a, c = child, a // 7, c // 3
+
+
+def _edit_state(body: bytes, ops) -> bytes:
+    """Set fields of the JSON state (possibly nested) to odd values."""
+    from gpubp.fileio import read_safetensors
+
+    metadata, tensors = read_safetensors(body)
+    state = json.loads(metadata["state"])
+    _edit_json(state, ops)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     return safetensors_save(tensors, metadata={**metadata, "state": json.dumps(state)})
 
@@ -420,6 +492,103 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__} at {Path(frame.filename).name}:{frame.lineno}"
 
 
+# ---- non-regular files, in a child process -------------------------------------------
+
+SPECIAL_KINDS = ("fifo", "directory", "dev-zero")
+# The child's address space: a loader reading /dev/zero whole fails there with
+# MemoryError within a second, instead of filling this machine's memory.
+CHILD_ADDRESS_SPACE = 1 << 30
+CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ROOT = Path(__file__).resolve().parents[1]
+_CHILD = """
+import json, resource, sys
+args = json.loads(sys.stdin.read())
+resource.setrlimit(resource.RLIMIT_AS, (args["limit"], args["limit"]))
+from bench.fuzz_loaders import _special_child
+_special_child(args)
+"""
+
+
+def _make_special(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open waits forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")  # endless zeros under a loader's own file name
+
+
+def run_special_cases(names, directory: Path, timeout: float = 5.0, seeds=None) -> list:
+    """Give each loader in ``names`` each of its files replaced by each of
+    SPECIAL_KINDS (the other files as in its first seed), in a child process under
+    CHILD_ADDRESS_SPACE, ``timeout`` seconds a case. One result per case, as
+    :func:`run_case`'s plus "target", "file" and "kind"; a child that dies makes its
+    current case a finding ("Crashed") and the rest go on in a new child."""
+    cases = []
+    for name in names:
+        target = TARGETS[name]
+        seed = (seeds[name] if seeds else target.seeds())[0]
+        files, _ = target.build(seed, [], 0)  # the seed as it is
+        for special in files:
+            for kind in SPECIAL_KINDS:
+                folder = Path(directory, f"{name}-{len(cases)}")
+                folder.mkdir(parents=True)
+                paths = {}
+                for file_name, data in files.items():
+                    paths[file_name] = str(folder / file_name)
+                    if file_name == special:
+                        _make_special(folder / file_name, kind)
+                    else:
+                        (folder / file_name).write_bytes(data)
+                cases.append({"target": name, "file": special, "kind": kind, "paths": paths})
+    results = []
+    env = {**os.environ, **CHILD_ENV,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    while len(results) < len(cases):
+        pending = cases[len(results):]
+        request = json.dumps({"limit": CHILD_ADDRESS_SPACE, "timeout": timeout,
+                              "cases": pending})
+        try:
+            child = subprocess.run([sys.executable, "-c", _CHILD], input=request, text=True,
+                                   capture_output=True, env=env, cwd=ROOT,
+                                   timeout=len(pending) * (timeout + 1) + 60)
+            lines, why = child.stdout.splitlines(), f"exit status {child.returncode}"
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout or b""  # bytes here, whatever text=True says
+            out = out.decode(errors="replace") if isinstance(out, bytes) else out
+            lines, why, child = out.splitlines(), "the child ran out of time", None
+        done = [json.loads(line) for line in lines if line.startswith("{")]
+        results += [{**case, **result} for case, result in zip(pending, done)]
+        if len(done) < len(pending):
+            tail = (child.stderr if child is not None else "")[-300:]
+            results.append({**pending[len(done)], "outcome": "finding",
+                            "error": f"Crashed: {why}; {tail}", "where": "crash"})
+    return results
+
+
+def _special_child(args) -> None:
+    """In the child: each case loaded under SIGALRM, one JSON line of outcome each."""
+    for case in args["cases"]:
+        result = {"outcome": "loaded", "error": None, "where": None}
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, args["timeout"])
+        try:
+            TARGETS[case["target"]].load({k: Path(v) for k, v in case["paths"].items()})
+        except Timeout as e:
+            result.update(outcome="finding", error=f"Timeout: over {args['timeout']}s",
+                          where=_where(e).replace("Timeout", "Hang"))
+        except GpubpError as e:
+            ok = isinstance(e, ValueError)
+            result.update(outcome="rejected" if ok else "finding", error=_describe(e),
+                          where=None if ok else _where(e))
+        except Exception as e:  # noqa: BLE001 - MemoryError and the like: findings
+            result.update(outcome="finding", error=_describe(e), where=_where(e))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        print(json.dumps(result), flush=True)
+
+
 # ---- the long run --------------------------------------------------------------------
 
 def fuzz(names, seconds_each: float, seed: int, timeout: float) -> dict:
@@ -433,6 +602,15 @@ def fuzz(names, seconds_each: float, seed: int, timeout: float) -> dict:
             findings, worst_ratio, slowest = {}, 0.0, 0.0
             case_dir = Path(tmp) / name
             case_dir.mkdir()
+            specials = run_special_cases([name], Path(tmp) / f"{name}-special", timeout,
+                                         seeds={name: seeds})
+            for result in specials:
+                counts[result["outcome"]] += 1
+                if result["outcome"] == "finding":
+                    key = f"{result['kind']} as {result['file']}: {result['where']}"
+                    findings.setdefault(key, {"error": result["error"], "kind": result["kind"],
+                                              "file": result["file"], "count": 0})
+                    findings[key]["count"] += 1
             while time.monotonic() - started < seconds_each:
                 seed_file, ops = rng.choice(seeds), random_ops(rng)
                 variant = rng.randrange(target.variants)
@@ -451,6 +629,7 @@ def fuzz(names, seconds_each: float, seed: int, timeout: float) -> dict:
                     findings[key].setdefault("count", 0)
                     findings[key]["count"] += 1
             summary[name] = {"cases": sum(counts.values()), "seconds": seconds_each,
+                             "non_regular_file_cases": len(specials),
                              **counts, "slowest_case_s": round(slowest, 4),
                              "worst_peak_over_bound": round(worst_ratio, 4),
                              "findings": findings}

@@ -36,7 +36,8 @@ import numpy as np
 from safetensors.numpy import save as safetensors_save
 
 from gpubp.errors import CheckpointError, CheckpointMismatchError
-from gpubp.fileio import atomic_writer, read_regular, read_safetensors, remove_if_abandoned
+from gpubp.fileio import (atomic_writer, open_regular, read_safetensors,
+                          read_safetensors_bytes, remove_if_abandoned)
 
 MAGIC = b"GPUBPCK1"
 DIGEST_SIZE = 32
@@ -95,9 +96,10 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         CheckpointError: the file is truncated, corrupt, or not a gpubp checkpoint.
     """
     path = Path(path)
-    data = read_regular(path, limit=MAX_BYTES, error=CheckpointError)
-    if len(data) < HEAD or not data.startswith(MAGIC):
-        raise CheckpointError(f"{path}: not a gpubp checkpoint (no {MAGIC!r} header)")
+    with open_regular(path, CheckpointError) as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise CheckpointError(f"{path}: not a gpubp checkpoint (no {MAGIC!r} header)")
+    data = read_safetensors_bytes(path, error=CheckpointError, prefix=HEAD, limit=MAX_BYTES)
     body = memoryview(data)[HEAD:]
     if _head(body) != data[:HEAD]:
         raise CheckpointError(f"{path}: checksum mismatch; the file is truncated or corrupt")

@@ -1,11 +1,15 @@
 """Files, carefully: reading a user's input without hanging or over-allocating, writing
 atomically without leaving partial files, and the safetensors container both use.
 
-Reading. An input path must name a regular file. It is opened non-blocking, so that a
-FIFO with no writer cannot hang the open, and checked with ``fstat``: a FIFO, a device
-(``/dev/zero``), a socket or a directory is refused before a byte is read. Sizes are
-bounded before reading, and what a header claims is compared with the memory this
-process may still use (:func:`check_allocation`) before anything is allocated.
+Reading. An input path must name a regular file. It is checked with ``stat`` before it
+is opened and with ``fstat`` after; the open is non-blocking, so that a FIFO with no
+writer cannot hang it: a FIFO, a device (``/dev/zero``), a socket or a directory is
+refused before a byte is read. Sizes are bounded before reading, what a header claims
+is compared with the memory this process may still use (:func:`check_allocation`)
+before anything is allocated, and declared data is read in chunks up to the claim
+(:func:`read_declared`), so a decompressor never runs ahead of it. Safetensors files
+are checked against their header's size before they are read
+(:func:`read_safetensors_bytes`).
 
 Writing. :func:`atomic_writer` writes a temporary file beside the target, fsyncs it and
 renames it over the target, so a reader sees the old file or the new one, never part of
@@ -44,15 +48,29 @@ def user_cache_dir(*parts: str) -> Path:
 
 # ---- reading ---------------------------------------------------------------------------
 
+CHUNK = 1 << 20  # reads of declared data: memory follows the bytes present, a MiB at a time
+# The safetensors format's own limit on the length of its JSON header.
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+
+
 def open_regular(path, error=ValueError):
     """``path`` opened for binary reading, after checking that it is a regular file.
+
+    Checked twice: with ``stat`` before the open, so that a device is never opened at
+    all (opening one can act: a tape rewinds, a terminal becomes the controlling one),
+    and with ``fstat`` after it, in case something else was put at ``path`` in between;
+    that open is non-blocking (and takes no terminal), so a FIFO cannot hang it.
 
     Raises:
         FileNotFoundError: nothing at ``path`` (and other OSErrors from ``open``).
         error: ``path`` is a FIFO, a device, a socket or a directory; the message names it.
     """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {_describe(mode)}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a file") from None
     try:
@@ -94,16 +112,86 @@ def read_regular(path, *, limit: int, error=ValueError) -> bytes:
 
 def available_memory() -> int | None:
     """Bytes this process may still allocate: the least of the address-space limit
-    (RLIMIT_AS) less the address space in use, and the system's MemAvailable. None
-    where neither is known."""
+    (RLIMIT_AS) less the address space in use (VmSize), the data limit (RLIMIT_DATA)
+    less the data in use (VmData), what the memory cgroup's limit leaves (a
+    container's limit, which MemAvailable does not show), and the system's
+    MemAvailable. None where none is known."""
     bounds = []
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        bounds.append(max(soft - _proc_kib("/proc/self/status", "VmSize:", 0) * 1024, 0))
+    for limit, in_use in ((resource.RLIMIT_AS, "VmSize:"), (resource.RLIMIT_DATA, "VmData:")):
+        soft, _ = resource.getrlimit(limit)
+        if soft != resource.RLIM_INFINITY:
+            bounds.append(max(soft - _proc_kib("/proc/self/status", in_use, 0) * 1024, 0))
+    room = cgroup_memory_room()
+    if room is not None:
+        bounds.append(room)
     available = _proc_kib("/proc/meminfo", "MemAvailable:", None)
     if available is not None:
         bounds.append(available * 1024)
     return min(bounds) if bounds else None
+
+
+# (limit file, usage file, the memory.stat key of reclaimable file cache) per version.
+_CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+_CGROUP_UNLIMITED = 1 << 60  # v1 writes "no limit" as a huge number, not "max"
+
+
+def cgroup_memory_room(root="/sys/fs/cgroup", membership="/proc/self/cgroup") -> int | None:
+    """Bytes left under this process's memory cgroup limits (v2, else v1), the least
+    over its cgroup and those above it; None with no limit or no cgroup file system.
+
+    Usage counts page cache, which the kernel reclaims before it fails an allocation,
+    so the inactive file cache is counted as free. Where the process's own cgroup is
+    not visible (a container sees its cgroup as the root), the root is read.
+    """
+    try:
+        with open(membership) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    places = {}  # cgroup version: (its mount point, this process's cgroup under it)
+    for line in lines:
+        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            places[2] = (Path(root), where.strip("/"))
+        elif "memory" in controllers.split(","):
+            places[1] = (Path(root, "memory"), where.strip("/"))
+    for version in (2, 1):
+        if version not in places:
+            continue
+        base, where = places[version]
+        folder = base / where if (base / where).is_dir() else base
+        rooms = []
+        while True:  # a limit higher up binds too
+            room = _cgroup_room(folder, *_CGROUP_FILES[version])
+            if room is not None:
+                rooms.append(room)
+            if folder == base:
+                break
+            folder = folder.parent
+        if rooms:
+            return min(rooms)
+    return None
+
+
+def _cgroup_room(folder: Path, limit_name: str, usage_name: str, cache_key: str):
+    """limit − (usage − inactive file cache) of one cgroup folder; None without a limit."""
+    try:
+        limit = (folder / limit_name).read_text().strip()
+        if limit == "max" or int(limit) >= _CGROUP_UNLIMITED:
+            return None
+        usage = int((folder / usage_name).read_text())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass  # usage as it is: less room, never more
+    return max(int(limit) - max(usage - cache, 0), 0)
 
 
 def _proc_kib(path: str, key: str, default):
@@ -124,8 +212,132 @@ def check_allocation(n_bytes: int, path, error=ValueError, what: str = "its data
     available = available_memory()
     if available is not None and n_bytes > available:
         raise error(f"{path}: {what} needs {n_bytes:,} bytes, more than the {available:,} "
-                    "this process may still allocate (its address-space limit or the "
-                    "system's available memory)")
+                    "this process may still allocate (its address-space or data limit, "
+                    "its memory cgroup, or the system's available memory)")
+
+
+def read_declared(f, n_bytes: int, path, error=ValueError, what: str = "its data") -> bytearray:
+    """The ``n_bytes`` of data a header declares, read from the stream ``f``: up to
+    ``n_bytes + 1`` bytes (one more shows trailing data, fewer a truncated stream; the
+    caller says which), in chunks into one growing buffer, never a list of parts
+    joined, so memory follows the bytes present and is never twice the data.
+
+    A claim beyond the memory this process may use (:func:`check_allocation`) raises
+    ``error`` naming ``path`` and both sizes, once one chunk has shown that the stream
+    does go on: a stream shorter than that is returned for the caller to call
+    truncated, the truer message. ``f.read(k)`` must make at most k bytes (a file, a
+    GzipFile and :mod:`gpubp.datasets.npz`'s member streams do), so that nothing is
+    decompressed ahead of the bound.
+    """
+    data = bytearray()
+    try:
+        available = available_memory()
+        if available is not None and n_bytes > available:
+            _fill(f, data, min(n_bytes + 1, CHUNK))
+            if len(data) < CHUNK:
+                return data  # a short stream: the caller's "truncated"
+            check_allocation(n_bytes, path, error, what)  # raises, unless memory was freed
+        _fill(f, data, n_bytes + 1)
+    except MemoryError:
+        got = len(data)
+        data = None  # let go of it before anything else allocates
+        raise error(f"{path}: ran out of memory after {got:,} of the {n_bytes:,} bytes "
+                    f"{what} declares") from None
+    return data
+
+
+def _fill(f, data: bytearray, limit: int) -> None:
+    """Append chunks of ``f`` to ``data`` until it holds ``limit`` bytes or ``f`` ends."""
+    while len(data) < limit:
+        part = f.read(min(CHUNK, limit - len(data)))
+        if not part:
+            break
+        data += part
+
+
+def read_safetensors_bytes(path, *, error, prefix: int = 0, limit: int = 1 << 40) -> bytes:
+    """All bytes of the safetensors file at ``path``, behind a ``prefix``-byte head of
+    its own (a checkpoint's magic and checksum; 0 for a model), read only once its
+    header has shown that the file is exactly as long as its tensors need.
+
+    Read first: the head, the 8-byte little-endian header length n (at most 100 MB,
+    the format's limit), the JSON header. The file must then be prefix + 8 + n + the
+    end of its tensors' ``data_offsets`` bytes long (``fstat``), at most ``limit``, and
+    fit in memory (:func:`check_allocation`); only then is the rest read. So a 3 GiB
+    file of zeros costs 8 bytes of reading and a false size claim nothing.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        error: not a regular file; a header that is not a JSON object, or a tensor
+            without [begin, end] offsets; a size other than the header's; too large.
+    """
+    def unreadable(why):  # the file is not what it claims to be
+        return error(f"{path}: not a readable safetensors file ({why})")
+
+    with open_regular(path, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes, more than the {limit:,} this reader accepts")
+        head = f.read(prefix + 8)
+        if len(head) < prefix + 8:
+            raise unreadable(f"{size:,} bytes, too short for the {prefix + 8} bytes of its "
+                             "head and header length")
+        n = int.from_bytes(head[prefix:], "little")
+        if n > SAFETENSORS_HEADER_LIMIT:
+            raise unreadable(f"header length {n:,} bytes, over the safetensors limit of "
+                             f"{SAFETENSORS_HEADER_LIMIT:,}")
+        if prefix + 8 + n > size:
+            raise unreadable(f"header length {n:,} bytes, but only {size - prefix - 8:,} "
+                             "follow it")
+        start = prefix + 8 + n
+        total = start + _tensor_data_size(f.read(n), unreadable)
+        if total > limit:
+            raise error(f"{path}: its header describes {_count(total)} bytes, more than the "
+                        f"{limit:,} this reader accepts")
+        if total != size:
+            raise unreadable(f"{size:,} bytes, but its header describes {total:,} bytes: "
+                             f"{start:,} of head and header, {total - start:,} of tensor "
+                             "data; the file is truncated or has bytes after its tensors")
+        check_allocation(total, path, error, "the file")
+        f.seek(0)
+        try:
+            data = f.read(total)  # one buffer of the checked size, no copies
+        except MemoryError:
+            raise error(f"{path}: ran out of memory reading its {total:,} bytes") from None
+        if len(data) != total or f.read(1):
+            raise error(f"{path}: changed while being read ({total:,} bytes expected)")
+    return data
+
+
+def _count(n: int) -> str:
+    """``n`` with thousands separators, or its first digits and length when it is huge
+    (a header's 400-digit offset would fill a message)."""
+    text = str(n)
+    return f"{n:,}" if len(text) <= 30 else f"{text[:12]}… ({len(text)} digits)"
+
+
+def _tensor_data_size(raw: bytes, unreadable) -> int:
+    """The bytes of tensor data a safetensors JSON header describes: the end of its
+    furthest tensor (the format packs tensors from 0 without gaps; safetensors checks
+    that, and each tensor's size, when it loads the bytes)."""
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
+        raise unreadable(f"header is not valid JSON: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise unreadable("header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(v) is int and v >= 0 for v in offsets)  # no bool, no float
+                or offsets[0] > offsets[1]):
+            raise unreadable(f"tensor {name!r:.80} has data_offsets {offsets!r:.80}; "
+                             "expected [begin, end], integers with 0 ≤ begin ≤ end")
+        end = max(end, offsets[1])
+    return end
 
 
 # ---- safetensors -----------------------------------------------------------------------

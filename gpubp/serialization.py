@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save as safetensors_save
 
 from gpubp.errors import ModelFileError
-from gpubp.fileio import atomic_writer, read_regular, read_safetensors
+from gpubp.fileio import atomic_writer, read_safetensors, read_safetensors_bytes
 from gpubp.model_info import ModelInfo
 from gpubp.validation import check_dtype, check_layer_sizes
 
@@ -65,7 +65,7 @@ def read_model(path) -> SavedModel:
     path = Path(path)
     try:
         metadata, tensors = read_safetensors(
-            read_regular(path, limit=MAX_BYTES, error=ModelFileError))
+            read_safetensors_bytes(path, error=ModelFileError, limit=MAX_BYTES))
     except ModelFileError:
         raise
     except ValueError as e:

@@ -1,7 +1,9 @@
 """Hostile files: every loader of a user's file either loads it or raises a gpubp error
 that is a ValueError, within a memory bound proportional to the file. A short, seeded
-hypothesis run per loader (bench/fuzz_loaders.py is the long run), and one test per
-problem the fuzzing found."""
+hypothesis run per loader (bench/fuzz_loaders.py is the long run), each loader given
+a FIFO, a directory and /dev/zero in place of each of its files (in a child process),
+and one test per problem the fuzzing found. tests/test_hostile_inputs.py has the
+bombs, the huge files and the slow downloads."""
 
 import gzip
 import io
@@ -46,6 +48,53 @@ def test_mutated_files_load_or_raise_a_gpubp_value_error(name, tmp_path):
         assert result["outcome"] != "finding", (result["error"], result["where"])
 
     case()
+
+
+@pytest.fixture(scope="module")
+def non_regular_results(tmp_path_factory):
+    """run_special_cases for every loader, once: {(loader, kind): [results]}."""
+    results = {}
+    for result in fuzz_loaders.run_special_cases(list(TARGETS), tmp_path_factory.mktemp("special"),
+                                                 seeds=SEEDS):
+        results.setdefault((result["target"], result["kind"]), []).append(result)
+    return results
+
+
+@pytest.mark.parametrize("kind", fuzz_loaders.SPECIAL_KINDS)
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_each_loader_refuses_non_regular_files(non_regular_results, name, kind):
+    """A FIFO with no writer (a blocking open hangs), a directory and /dev/zero (read
+    whole, it never ends) in place of each of a loader's files: a gpubp ValueError naming
+    the file, in a child process under a 1 GiB address space and a 5 s limit a case."""
+    results = non_regular_results[name, kind]
+    assert results
+    for result in results:
+        assert result["outcome"] == "rejected", (result["file"], result["error"], result["where"])
+        assert f"{result['paths'][result['file']]}: is a" in result["error"]
+
+
+@pytest.mark.parametrize("variant", range(TARGETS["npz"].variants))
+def test_npz_seeds_load_under_every_zip_method(tmp_path, monkeypatch, variant):
+    """The fuzzing's .npz cases cover stored, deflate, bzip2 and lzma members: each
+    seed, unmutated, loads under each."""
+    monkeypatch.setattr(fuzz_loaders, "mutate", lambda data, ops: data)
+    for seed in SEEDS["npz"]:
+        result = run_case(TARGETS["npz"], seed, [(0, 0, 0)], variant, tmp_path)
+        assert result["outcome"] == "loaded", result["error"]
+
+
+def test_mutations_splice_huge_integers():
+    """Digit runs become 400-digit integers (and 5,000-digit ones), and JSON fields
+    10^400, so JSON headers and states meet numbers beyond any size field."""
+    text = b'{"shape": [3, 4]}'
+    spliced = {fuzz_loaders.mutate(text, [(8, a, c)]) for a in range(2)
+               for c in range(len(fuzz_loaders.DIGIT_RUNS))}
+    assert b'{"shape": [' + b"9" * 400 + b", 4]}" in spliced
+    assert b'{"shape": [3, -' + b"9" * 400 + b"]}" in spliced
+    state = {"a": [1, 2]}
+    for c in range(len(fuzz_loaders.ODD_VALUES)):
+        fuzz_loaders._edit_json(state, [(0, 0, c * 3)])
+    assert 10**400 in fuzz_loaders.ODD_VALUES and -10**400 in fuzz_loaders.ODD_VALUES
 
 
 def test_the_fuzz_harness_flags_what_it_should(tmp_path, monkeypatch):

@@ -2,7 +2,9 @@
 uint32 sizes, then the array in C order, big-endian. Files may be gzip-compressed.
 
 The reader never allocates more than the data actually present: the size the header
-claims is checked against the bytes that follow it before any array is made.
+claims is compared with the memory this process may use, then read in chunks up to
+the claim plus one byte (gzip decompresses no further than asked), and the array is
+made in place from those bytes.
 """
 
 from __future__ import annotations
@@ -15,29 +17,36 @@ from pathlib import Path
 import numpy as np
 
 from gpubp.errors import DataError
+from gpubp.fileio import open_regular, read_declared
 
 TYPE_CODES = {
     0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
-CHUNK = 1 << 20
+MAX_DIMS = 64  # NumPy's limit on an array's dimensions; the IDX byte allows 255
 
 
 def read_idx(path) -> np.ndarray:
     """The array stored in an IDX file (raw or .gz), in native byte order.
 
     Raises:
-        DataError: the file is truncated, has trailing bytes, a bad header, or bad gzip data.
+        FileNotFoundError: nothing at ``path``.
+        DataError: not a regular file (a FIFO, a device, a directory); the file is
+            truncated, has trailing bytes, a bad header, bad gzip data, or declares more
+            data than this process may allocate.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-            return _parse(f, path)
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: corrupt {'gzip ' if compressed else ''}data ({e})") from e
+    with open_regular(path, DataError) as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        try:
+            if not compressed:
+                return _parse(raw, path)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                return _parse(f, path)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: corrupt {'gzip ' if compressed else ''}data ({e})") from e
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -55,6 +64,9 @@ def _parse(f, name) -> np.ndarray:
     ndim = magic[3]
     if ndim == 0:
         raise DataError(f"{name}: IDX header declares 0 dimensions")
+    if ndim > MAX_DIMS:
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions; NumPy arrays have "
+                        f"at most {MAX_DIMS}")
     raw_dims = f.read(4 * ndim)
     if len(raw_dims) < 4 * ndim:
         raise DataError(f"{name}: truncated IDX header")
@@ -62,26 +74,22 @@ def _parse(f, name) -> np.ndarray:
     expected = dtype.itemsize
     for d in shape:
         expected *= d  # Python ints: no overflow, however large the claim
-    data = _read_at_most(f, expected + 1)
+    data = read_declared(f, expected, name, DataError, f"its array of shape {shape}")
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
         raise DataError(
             f"{name}: {problem}: header claims shape {shape} ({expected} bytes of data)"
             + (f", found {len(data)}" if len(data) < expected else "")
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def _read_at_most(f, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``f``, in chunks, so a false size claim allocates nothing."""
-    parts, total = [], 0
-    while total < limit:
-        part = f.read(min(CHUNK, limit - total))
-        if not part:
-            break
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
+    # The array is the buffer just read (writable), swapped to native order in place:
+    # no second copy of the data.
+    array = np.frombuffer(data, dtype=dtype)
+    if not dtype.isnative:
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    try:
+        return array.reshape(shape)
+    except ValueError as e:  # whatever else NumPy refuses in a shape
+        raise DataError(f"{name}: IDX shape {shape} is not one NumPy can make ({e})") from e
 
 
 def write_idx(array: np.ndarray) -> bytes:

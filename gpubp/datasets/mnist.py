@@ -7,13 +7,22 @@ Every file is checked against its published sha256 before use.
 
 Download: a missing file is fetched from each mirror in turn (the ``mirrors`` argument,
 else ``$GPUBP_MNIST_MIRRORS``, comma-separated, else the defaults), verified, and renamed
-into place in the cache.
+into place in the cache. Each mirror has ``DOWNLOAD_DEADLINE_S`` for the whole file, then
+the next one is tried.
+
+A file that is there but cannot be used (not a regular file, too large, failing its
+checksum) is an error, never skipped; the error lists every such file, the files
+missing and the directories searched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
+import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +31,7 @@ import numpy as np
 from gpubp.datasets.dataset import Dataset
 from gpubp.datasets.idx import read_idx
 from gpubp.errors import DataError
-from gpubp.fileio import atomic_writer, user_cache_dir
+from gpubp.fileio import atomic_writer, open_regular, user_cache_dir
 
 DATA_ENV = "GPUBP_DATA"
 MIRRORS_ENV = "GPUBP_MNIST_MIRRORS"
@@ -32,6 +41,7 @@ DEFAULT_MIRRORS = (
 )
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 # The widely published sums of the distributed .gz files, and of their contents.
 SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -43,32 +53,66 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-MAX_DOWNLOAD_BYTES = 64 << 20  # the largest file is 9.9 MB; a server sending more is wrong
-TIMEOUT_S = 30.0
+# The largest file is 9.9 MB (47 MB raw): a server sending more, or a local file larger,
+# is not MNIST (and a local one is not hashed).
+MAX_DOWNLOAD_BYTES = 64 << 20
+TIMEOUT_S = 30.0  # a connect, or one read, within a download
+# A whole file from one mirror (9.9 MB: 33 kB/s at least). The socket timeout bounds
+# each read only; a server sending a byte every few seconds never trips it.
+DOWNLOAD_DEADLINE_S = 300.0
 
 
 def load_mnist(data_dir=None, *, download: bool = True, mirrors=None) -> Dataset:
     """MNIST as X (N, 784) float32 in [0, 1] and y (N,) int64: 60,000 train, 10,000 test.
 
     Raises:
-        DataError: a file is corrupt or fails its checksum, or is missing and
-            ``download`` is False or every mirror failed.
+        DataError: a file is corrupt, fails its checksum or is not a regular file; or
+            files are missing and ``download`` is False or every mirror failed. The
+            message lists the directories searched, the files missing and each file
+            that cannot be used.
     """
     dirs = search_dirs(data_dir)
-    arrays = {}
-    for name in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS):
-        path = find_file(name, dirs)
+    found, missing, unusable = {}, [], []
+    for name in NAMES:  # all four looked at first, so that one error tells everything
+        try:
+            path = find_file(name, dirs)
+        except DataError as e:
+            unusable.append(str(e))
+            continue
         if path is None:
-            if not download:
-                raise DataError(
-                    f"MNIST file {name}(.gz) not found in {[str(d) for d in dirs]} "
-                    "and download=False"
-                )
-            path = fetch_file(f"{name}.gz", SHA256[f"{name}.gz"], cache_dir(), mirrors)
-        arrays[name] = read_idx(path)
+            missing.append(name)
+        else:
+            found[name] = path
+    if unusable or (missing and not download):
+        raise DataError(_lookup_report(dirs, missing, unusable, download))
+    for name in missing:
+        try:
+            found[name] = fetch_file(f"{name}.gz", SHA256[f"{name}.gz"], cache_dir(), mirrors)
+        except DataError as e:
+            raise DataError(f"{_lookup_report(dirs, missing, [], True)}\n{e}") from e
+    arrays = {name: read_idx(found[name]) for name in NAMES}
     X_train, y_train = _images_and_labels(arrays[TRAIN_IMAGES], arrays[TRAIN_LABELS])
     X_test, y_test = _images_and_labels(arrays[TEST_IMAGES], arrays[TEST_LABELS])
     return Dataset("mnist", X_train, y_train, X_test, y_test, classes=np.arange(10))
+
+
+def _lookup_report(dirs, missing, unusable, download: bool) -> str:
+    """Why the lookup failed: the files that cannot be used, those missing, and where
+    they were looked for."""
+    where = ", ".join(str(d) for d in dirs)
+    lines = []
+    if unusable:
+        lines.append(f"MNIST: {len(unusable)} of the 4 files cannot be used (delete or "
+                     "replace them; a file that fails is never used):")
+        lines += [f"  {problem}" for problem in unusable]
+    if missing:
+        names = ", ".join(f"{name}(.gz)" for name in missing)
+        lines.append(f"MNIST: {len(missing)} of the 4 files not found ({names}) in {where} "
+                     "or their mnist/ subdirectories"
+                     + ("" if download else ", and download=False"))
+    else:
+        lines.append(f"MNIST: searched {where} and their mnist/ subdirectories")
+    return "\n".join(lines)
 
 
 def _images_and_labels(images: np.ndarray, labels: np.ndarray):
@@ -100,12 +144,14 @@ def cache_dir() -> Path:
 def find_file(name: str, dirs) -> Path | None:
     """The first ``name.gz`` or ``name`` in ``dirs`` (or their ``mnist/``), checksum verified.
 
-    Raises DataError for a file that is there but fails its checksum: it is never used.
+    Raises DataError for anything there under that name that cannot be used: not a
+    regular file (a FIFO, a device, a directory), larger than any MNIST file, or
+    failing its checksum. It is never used, nor looked past.
     """
     for d in dirs:
         for folder in (d, d / "mnist"):
             for candidate in (folder / f"{name}.gz", folder / name):
-                if candidate.is_file():
+                if candidate.exists():  # a FIFO or a folder too: is_file() would skip them
                     _verify(candidate, SHA256[candidate.name])
                     return candidate
     return None
@@ -113,7 +159,11 @@ def find_file(name: str, dirs) -> Path | None:
 
 def _verify(path: Path, expected: str) -> None:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, DataError) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_DOWNLOAD_BYTES:  # not hashed: a 3 GiB file would take seconds
+            raise DataError(f"{path}: {size:,} bytes, larger than any MNIST file "
+                            f"({MAX_DOWNLOAD_BYTES:,} at most); not the original")
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != expected:
@@ -133,11 +183,16 @@ def mirror_list(mirrors=None) -> list[str]:
     return list(mirrors)
 
 
-def fetch_file(name: str, sha256: str, dest_dir, mirrors=None) -> Path:
+def fetch_file(name: str, sha256: str, dest_dir, mirrors=None, *,
+               deadline_s: float | None = None) -> Path:
     """Download ``name`` from the first mirror that serves it with the right sha256.
 
     The bytes go to a temporary file in ``dest_dir``, are hashed on the way, and are
-    renamed to ``dest_dir/name`` only after the checksum matches.
+    renamed to ``dest_dir/name`` only after the checksum matches. Each mirror has
+    ``deadline_s`` (default ``DOWNLOAD_DEADLINE_S``) for the whole file.
+
+    Raises:
+        DataError: every mirror failed; the message gives each one's failure.
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -145,21 +200,101 @@ def fetch_file(name: str, sha256: str, dest_dir, mirrors=None) -> Path:
     for base in mirror_list(mirrors):
         url = base.rstrip("/") + "/" + name
         try:
-            return _download_verified(url, dest_dir / name, sha256)
-        except (OSError, ValueError) as e:  # URLError/HTTPError; DataError or a malformed URL
-            failures.append(f"{url}: {e}")
+            return _download_verified(url, dest_dir / name, sha256, deadline_s)
+        # URLError/HTTPError and socket errors; DataError or a malformed URL; a malformed
+        # or cut response (http.client.HTTPException is neither OSError nor ValueError).
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            failures.append(f"{url}: {type(e).__name__}: {e}")
     raise DataError(f"could not download {name}:\n  " + "\n  ".join(failures))
 
 
-def _download_verified(url: str, dest: Path, sha256: str) -> Path:
+def _download_verified(url: str, dest: Path, sha256: str, deadline_s: float | None = None) -> Path:
+    """Download ``url`` to ``dest`` if its sha256 matches, all within ``deadline_s``."""
+    seconds = DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
     digest, size = hashlib.sha256(), 0
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, atomic_writer(dest) as out:
-        for chunk in iter(lambda: response.read(1 << 16), b""):
-            size += len(chunk)
-            if size > MAX_DOWNLOAD_BYTES:
-                raise DataError(f"more than {MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
-            digest.update(chunk)
-            out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise DataError(f"sha256 {digest.hexdigest()} does not match {sha256}")
+    with _Deadline(seconds) as deadline:
+        try:
+            with deadline.opener().open(url, timeout=min(TIMEOUT_S, seconds)) as response, \
+                    atomic_writer(dest) as out:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD_BYTES:
+                        raise DataError(f"more than {MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+                    digest.update(chunk)
+                    out.write(chunk)
+                if digest.hexdigest() != sha256:
+                    deadline.check(size)  # a read the deadline cut short ends like the file
+                    raise DataError(f"sha256 {digest.hexdigest()} does not match {sha256}")
+        except (OSError, http.client.HTTPException):
+            deadline.check(size)  # the deadline's own doing: say so
+            raise
     return dest
+
+
+class _Deadline:
+    """A time limit on a whole download. The sockets its opener connects are shut down
+    when the time is up, which ends a read blocked on them however slowly the server
+    sends; :meth:`check` then raises the DataError that says so."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    def check(self, size: int) -> None:
+        if self.expired:
+            raise DataError(f"no complete file within {self.seconds:g} s, the deadline for "
+                            f"a whole download ({size:,} bytes came); too slow or stalled")
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """A urllib opener (redirects, proxies, https) whose connections are watched."""
+        deadline = self
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        class SecureConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Connection, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(SecureConnection, req)
+
+        return urllib.request.build_opener(Handler, SecureHandler)
+
+
+def _shut(sock) -> None:
+    """End both directions of ``sock`` at the OS level (not TLS's own shutdown, which
+    would write to it); a read blocked on it returns."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
