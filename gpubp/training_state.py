@@ -100,8 +100,13 @@ class TrainingState:
     # ---- to a checkpoint -------------------------------------------------------------
 
     def to_checkpoint(self, net, optimizer, config: dict, epochs: int,
-                      metadata: dict | None = None) -> tuple[dict, dict]:
-        """(tensors, state) for :func:`gpubp.checkpoint.write_checkpoint`; host copies."""
+                      metadata: dict | None = None, losses=None) -> tuple[dict, dict]:
+        """(tensors, state) for :func:`gpubp.checkpoint.write_checkpoint`; host copies.
+
+        ``losses``: (loss_sum, first_loss) to record instead of this process's own (the
+        sums over every rank, when data-parallel)."""
+        loss_sum, first_loss = losses if losses is not None else (self.loss_sum,
+                                                                  self.first_loss)
         groups = {"param": net.parameters(), "best": self.best_state,
                   "epoch_start": self.epoch_start if self.batch else None,
                   "previous_start": self.previous_start,
@@ -114,8 +119,8 @@ class TrainingState:
             "config": config, "epochs": epochs, "backend": net.backend.name,
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "lr": self.lr,
             "rng_state": self.rng_state,
-            "loss_sum": float(self.loss_sum) if self.batch else 0.0,
-            "first_loss": None if self.first_loss is None else float(self.first_loss),
+            "loss_sum": float(loss_sum) if self.batch else 0.0,
+            "first_loss": None if first_loss is None else float(first_loss),
             "elapsed": self.elapsed if self.batch else 0.0,
             "history": {"records": history.records, "best_epoch": history.best_epoch,
                         "stopped_early": history.stopped_early},

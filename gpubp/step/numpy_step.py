@@ -9,6 +9,11 @@ step of a batch size nothing is allocated but Python scalars.
 Plain SGD (no momentum, no weight decay) with MKL folds the update into the GEMM that
 computes each weight gradient: W^l ← W^l − lr · δ^l (a^{l−1})^T is one ``gemm`` with
 beta = 1, a pass over W fewer than computing dW and then updating.
+
+Data-parallel (a communicator of N > 1 ranks, see :mod:`gpubp.distributed`): each rank
+takes its share of the global batch's rows, scales δ^L by 1/(global batch), and the
+gradients (one flat buffer) are summed across ranks before the update, which every rank
+then applies identically.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpubp import blas, cpu_kernels
+from gpubp.distributed import get_communicator
 from gpubp.optim import SGD
 from gpubp.step.workspace import Workspace
 
@@ -29,9 +35,10 @@ class NumpyStepper:
     computed with the weights the epoch started from.
     """
 
-    def __init__(self, net, optimizer, X, targets, batch_size: int):
+    def __init__(self, net, optimizer, X, targets, batch_size: int, comm=None):
         self.net, self.optimizer = net, optimizer
         self.X, self.targets, self.batch_size = X, targets, batch_size
+        self.comm = comm if comm is not None else get_communicator("single")
         self.params = net.parameters()
         self.loss_sum = np.zeros((), np.float64)
         self.first_loss = np.zeros((), np.float64)
@@ -45,12 +52,22 @@ class NumpyStepper:
         self.loss_sum[...] = loss_sum
 
     def finish_epoch(self) -> float:
-        """The epoch's Σ_rows loss."""
+        """The epoch's Σ_rows loss (over every rank's rows)."""
+        if self.comm.size > 1:
+            self.loss_sum[...], self.first_loss[...] = self.comm.allreduce_scalars(
+                [float(self.loss_sum), float(self.first_loss)])
         return float(self.loss_sum)
 
     def step(self, batch: int) -> None:
-        """One gradient-descent step on rows ``order[batch·B : (batch+1)·B]``."""
-        rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        """One gradient-descent step on rows ``order[batch·B : (batch+1)·B]`` (this
+        rank's share of them when data-parallel)."""
+        first = batch * self.batch_size
+        global_rows = min(self.batch_size, len(self._order) - first)
+        start, stop = self.comm.shard(len(self._order), self.batch_size, batch)
+        rows = self._order[first + start:first + stop]
+        if len(rows) == 0:  # more ranks than rows: nothing to add but the others' sum
+            self._update(self._idle_gradients(), fused=False)
+            return
         work = self._workspace(len(rows))
         net, lr = self.net, self._lr
         fused = self._fused_update()
@@ -68,9 +85,9 @@ class NumpyStepper:
         logits += net.biases[-1]
 
         # EqA1.1: δ^L = dL/dz^L = (P − Y)/B over the logits, with the loss in the same pass.
-        loss = softmax_cross_entropy_into(logits, work.targets, 1.0 / len(rows), work)
+        loss = softmax_cross_entropy_into(logits, work.targets, 1.0 / global_rows, work)
         if batch == 0:
-            self.first_loss[...] = loss / len(rows)
+            self.first_loss[...] = loss / global_rows
         self.loss_sum += loss
         delta = logits
         delta.sum(axis=0, out=work.grads[-1][1])  # dL/db^L = Σ_batch δ^L
@@ -91,17 +108,27 @@ class NumpyStepper:
                 delta = cpu_kernels.sigmoid_backward(grad_a, inputs[l], out=grad_a,
                                                      bias_grad=work.grads[l - 1][1])
 
-        # Update.
-        if fused:
-            for (_, db), b in zip(work.grads, net.biases):
-                blas.axpby(-lr, db, 1.0, b)
-        else:
-            self.optimizer.step(self.params, [g for pair in work.grads for g in pair])
+        self._update(work, fused)
+
+    def _update(self, work, fused: bool) -> None:
+        """Sum the gradients across ranks (data-parallel), then step the optimizer."""
+        if fused:  # the weights were updated by their GEMMs
+            for (_, db), b in zip(work.grads, self.net.biases):
+                blas.axpby(-self._lr, db, 1.0, b)
+            return
+        self.comm.allreduce_sum_(work.flat_grads)
+        self.optimizer.step(self.params, [g for pair in work.grads for g in pair])
+
+    def _idle_gradients(self) -> Workspace:
+        """A workspace of zero gradients, for a rank without rows in this batch."""
+        work = self._workspace(1)
+        work.flat_grads.fill(0)
+        return work
 
     def _fused_update(self) -> bool:
         opt = self.optimizer
         return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
-                and blas.has_mkl())
+                and blas.has_mkl() and self.comm.size == 1)
 
     def _workspace(self, batch: int) -> Workspace:
         work = self._workspaces.get(batch)

@@ -1,0 +1,58 @@
+"""A small data-parallel training run for tests/test_data_parallel.py, under ``mpiexec -n N``
+or alone: ``python data_parallel_worker.py '{"epochs": 4, "out": "w.npz", ...}'``."""
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+
+import gpubp
+from gpubp.errors import TrainingInterrupted
+
+
+def blobs(n=90, seed=5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, 5)) + 2.0 * np.eye(3)[y] @ rng.normal(size=(3, 5))
+    return X, y
+
+
+def main(spec):
+    X, y = blobs()
+    net = gpubp.MLP([5, 7, 3], backend="numpy", dtype="float64", seed=0)
+    optimizer = gpubp.SGD(0.3, momentum=0.5, weight_decay=1e-3)
+    trainer = gpubp.Trainer(net, optimizer, batch_size=spec.get("batch", 10),
+                            epochs=spec["epochs"], seed=3, progress=False,
+                            schedule=gpubp.CosineLR(), distributed=True)
+    comm = trainer.comm
+    stop_at = spec.get("stop_at")
+    if stop_at is not None and comm.is_root:  # SIGTERM on rank 0 alone, after a step
+        step, count = optimizer.step, [0]
+
+        def counted(params, grads):
+            step(params, grads)
+            count[0] += 1
+            if count[0] == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        optimizer.step = counted
+    checkpointing = {}
+    if spec.get("dir"):
+        checkpointing = {"checkpoint_dir": spec["dir"], "checkpoint_every": "4steps",
+                         "resume": spec.get("resume", False)}
+    try:
+        history = trainer.fit(X, y, validation=0.2, **checkpointing)
+    except TrainingInterrupted as e:
+        print(f"rank {comm.rank}: interrupted at step {e.path}", flush=True)
+        return 0
+    if comm.is_root and spec.get("out"):
+        np.savez(spec["out"], *[np.asarray(p) for p in net.parameters()],
+                 train_loss=np.array(history["train_loss"]),
+                 val_loss=np.array(history["val_loss"]), size=comm.size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(json.loads(sys.argv[1])))
