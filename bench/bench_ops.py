@@ -3,7 +3,7 @@
     python -m pytest bench/bench_ops.py --benchmark-enable
 
 On NumPy (gpubp.cpu_kernels), and on CuPy where a device is seen (the CUDA kernels of
-gpubp.cuda_kernels, synchronized inside the timed call): the ops module the network itself
+gpubp.cuda.kernels, synchronized inside the timed call): the ops module the network itself
 uses on that backend. Hidden-layer ops at (B, 1024), in the layout of the network's own
 buffers (column-major on NumPy), the loss at (B, 10) with integer labels.
 """

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from gpubp import cuda_kernels
+from gpubp.cuda import kernels as cuda_kernels
 
 XENT_SHAPES = ((4096, 32768), (256, 10), (4096, 10), (4096, 1000), (4096, 32769),
                (1024, 262144))

@@ -1,7 +1,7 @@
 """The network's elementwise and row-wise math, written once against ``xp``.
 
 These are the reference implementations: the NumPy backend runs them, and each CUDA
-kernel in ``gpubp.cuda_kernels`` has the signature of its function here and is tested
+kernel in ``gpubp.cuda.kernels`` has the signature of its function here and is tested
 against it. They reuse ``out`` buffers and stay in the arrays' dtype, so a training step
 allocates little. Shapes: B rows (the batch), C columns (classes or units).
 """
@@ -145,6 +145,64 @@ def softmax_cross_entropy(logits, targets, scale=1.0, *, ignore_index=None, redu
         loss = (loss_rows.sum(dtype=np.float64) / max(n_counted, 1)).astype(logits.dtype)
         return loss, g
     return loss_rows, g
+
+
+def bias_softmax_cross_entropy(z, bias, targets, scale=1.0, *, ignore_index=None, out=None,
+                               bias_grad=None, loss_sum=None):
+    """The output layer's training step: :func:`softmax_cross_entropy` of the logits
+    z^L + b^L, with the bias gradient and the loss summed on the side.
+
+    Args:
+        z: z^L before its bias, (B, C), float32 or float64.
+        bias: b^L, (C,), of z's dtype.
+        targets, scale, ignore_index: as for :func:`softmax_cross_entropy`.
+        out: (B, C) buffer for δ^L; it may be ``z`` itself.
+        bias_grad: (C,) buffer for dL/db^L = Σ_rows δ^L (EqA1's bias term), or None.
+        loss_sum: a float64 (2,) accumulator, or None; (Σ row losses, counted rows) is
+            added to it, so that over an epoch loss_sum[0] / loss_sum[1] is the mean loss.
+
+    Returns:
+        δ^L = dL/dz^L = (P·Σy − Y)·scale, (B, C), in ``out`` when given.
+    """
+    xp = array_module(z)
+    loss_rows, g = softmax_cross_entropy(z + xp.asarray(bias), targets, scale,
+                                         ignore_index=ignore_index, out=out)
+    if bias_grad is not None:
+        g.sum(axis=0, out=bias_grad)
+    if loss_sum is not None:
+        counted = targets.shape[0] if ignore_index is None or targets.ndim == 2 \
+            else (targets != ignore_index).sum()
+        loss_sum[0] += loss_rows.sum(dtype=np.float64)
+        loss_sum[1] += counted
+    return g
+
+
+def gather_rows(X, order, offset, out, targets=None, targets_out=None):
+    """The batch, gathered into persistent buffers: out[i] = X[order[offset + i]] for
+    i < B = out.shape[0], and targets_out[i] = targets[order[offset + i]] likewise.
+
+    X: (N, n); order: integer (M,), the epoch's permutation; offset: the batch's position in
+    ``order``, an int or a one-element integer array (on CUDA device memory, which the
+    multi-tensor SGD advances); out: (B, n) of X's dtype; targets: labels (N,) or rows
+    (N, C), with targets_out (B,) or (B, C). Returns (out, targets_out).
+
+    Raises:
+        DataError: offset + B past the end of ``order``, or an index outside [0, N).
+    """
+    xp = array_module(X)
+    start = int(offset) if np.ndim(offset) == 0 else int(offset.reshape(-1)[0])
+    batch = out.shape[0]
+    rows = order[start:start + batch]
+    if start < 0 or rows.shape[0] != batch:
+        raise DataError(f"offset: rows {start}..{start + batch} of an order of {order.shape[0]}")
+    if batch and (int(rows.min()) < 0 or int(rows.max()) >= X.shape[0]):
+        raise DataError(f"order: indices must lie in [0, {X.shape[0]})")
+    # Checked above; NumPy's default mode="raise" would copy through a temporary.
+    clip = {"mode": "clip"} if xp is np else {}
+    xp.take(X, rows, axis=0, out=out, **clip)
+    if targets is not None:
+        xp.take(targets, rows, axis=0, out=targets_out, **clip)
+    return out, targets_out
 
 
 def check_cross_entropy_args(logits, targets, ignore_index, reduction, out) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from gpubp import blas
 from gpubp.backend import array_module, is_device_array
-from gpubp.cuda_kernels import sgd_update  # imports cupy only when it runs
+from gpubp.cuda import kernels as cuda  # imports cupy only when a kernel runs
 from gpubp.validation import check_float
 
 
@@ -71,12 +71,12 @@ class SGD:
             blas.axpby(-self.lr, g, 1.0, p)  # p ← p − lr·g
 
     def _step_on_device(self, i, p, g) -> None:
-        """The same rule for one CuPy parameter, in one fused elementwise kernel."""
-        first = self.momentum and self.velocity[i] is None
+        """The same rule for one CuPy parameter, in one launch of kernels/sgd.cu."""
+        first = bool(self.momentum) and self.velocity[i] is None
         if first:
             self.velocity[i] = array_module(p).empty_like(p)
-        sgd_update(p, g, self.velocity[i] if self.momentum else None, self.lr, self.momentum,
-                   self.weight_decay, self.nesterov, first)
+        device_update(p, g, self.velocity[i] if self.momentum else None, self.lr,
+                      self.momentum, self.weight_decay, self.nesterov, first)
 
     def reset(self) -> None:
         """Forget the momentum buffers."""
@@ -100,3 +100,24 @@ class SGD:
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")
+
+
+def device_update(p, g, velocity, lr, momentum, weight_decay, nesterov, first) -> None:
+    """:class:`SGD`'s rule for one CuPy parameter: ``sgd_update`` of kernels/sgd.cu, one
+    launch. p and velocity (None without momentum; not read when ``first``) are updated
+    in place; all contiguous, of one shape and float dtype. (A whole network's parameters
+    in one launch: gpubp.cuda.kernels.multi_sgd.)"""
+    for name, a in (("g", g), ("velocity", velocity)):
+        if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+            raise ValueError(f"{name}: expected shape {p.shape} and dtype {p.dtype}, got "
+                             f"{a.shape} and {a.dtype}")
+    if not all(a is None or a.flags.c_contiguous for a in (p, g, velocity)):
+        raise ValueError("p, g, velocity: the device update needs contiguous arrays")
+    if p.size == 0:
+        return
+    dtype = p.dtype.type
+    vec = cuda.vector_width(dtype, 0, p, g, velocity)  # any size: the kernel has a tail loop
+    cuda.launch("sgd.cu", f"sgd_update_{cuda.SUFFIX[dtype]}_v{vec}",
+                (cuda.grid_stride_blocks(p.size // vec),), (cuda.BLOCK,),
+                (p, g, cuda.pointer(velocity), np.int64(p.size), dtype(lr), dtype(momentum),
+                 dtype(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))

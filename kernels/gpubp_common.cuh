@@ -55,8 +55,10 @@ __device__ __forceinline__ T group_reduce(T x, int width) {
     return x;
 }
 
-// Block-wide reduction; every thread gets the result. `scratch` holds ≥ 32 values.
-// Called by all threads of the block; they synchronize twice.
+// Block-wide reduction; every thread gets the result. `scratch` holds ≥ 32 values and is
+// this reduction's own: the one barrier orders its writes before the reads, and nothing
+// orders the reads before a later write, so a caller reusing `scratch` must pass a
+// __syncthreads() in between (each kernel says where it does).
 template <typename Op, typename T>
 __device__ __forceinline__ T block_reduce(T x, T* scratch) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
@@ -64,9 +66,7 @@ __device__ __forceinline__ T block_reduce(T x, T* scratch) {
     if (lane == 0) scratch[warp] = x;
     __syncthreads();
     x = lane < warps ? scratch[lane] : Op::identity();
-    x = group_reduce<Op>(x, 32);
-    __syncthreads();  // scratch may be reused right after
-    return x;
+    return group_reduce<Op>(x, 32);
 }
 
 template <typename T> __device__ __forceinline__ T group_max(T x, int width) {
@@ -82,37 +82,71 @@ template <typename T> __device__ __forceinline__ T block_sum(T x, T* scratch) {
     return block_reduce<SumOp<T>>(x, scratch);
 }
 
-// The batch-mean loss in the same launch: each block adds its rows' losses (in a fixed
-// order), leaves (sum, count) in `partials`, and the last block to finish adds the
-// partials in block order. The atomic ticket only elects that block; it never orders
-// the additions, so the mean is bit-identical from run to run. The last block resets the
-// ticket to 0 for the next launch. The mean of zero counted rows is defined as 0.
-template <typename T>
-__device__ void finish_mean(double block_loss, double block_count, double* partials,
-                            unsigned int* ticket, T* mean_out, double* scratch) {
+// ---- a reduction finished in the same launch, by the last block (a ticket) ----
+//
+// Each block leaves its partial result in global memory, and the block that takes the
+// last ticket adds every block's partial in block order. The atomic only elects that
+// block; it never orders an addition, so the result is bit-identical from run to run
+// (float atomics would add in arrival order). The last block resets the ticket to 0,
+// ready for the next launch on the same scratch; two launches running at once need two
+// scratches (gpubp.cuda.kernels.KernelScratch).
+
+// Called by every thread after the block's partials are stored. Returns, to every
+// thread, whether this block is the last of `blocks` to finish. Writers fence their
+// partials before the barrier, so the last block sees all of them.
+__device__ __forceinline__ bool take_last_ticket(unsigned int* ticket, unsigned int blocks) {
     __shared__ bool is_last;
-    block_loss = block_sum(block_loss, scratch);
-    block_count = block_sum(block_count, scratch);
-    if (threadIdx.x == 0) {
-        partials[2 * blockIdx.x] = block_loss;
-        partials[2 * blockIdx.x + 1] = block_count;
-        __threadfence();
-        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!is_last) return;
     __threadfence();
-    double loss = 0.0, count = 0.0;
-    // Strided per thread, then a fixed-shape tree: the same order in every run.
-    for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) {
-        loss += ((volatile double*)partials)[2 * b];
-        count += ((volatile double*)partials)[2 * b + 1];
+    __syncthreads();  // every partial of this block stored and fenced before the ticket
+    if (threadIdx.x == 0 && threadIdx.y == 0)
+        is_last = atomicAdd(ticket, 1u) == blocks - 1;
+    __syncthreads();  // is_last written before anyone reads it
+    if (is_last) __threadfence();
+    return is_last;
+}
+
+// A row loss and whether the row counts, summed as one pair.
+struct LossCount {
+    double loss, count;
+};
+
+__device__ __forceinline__ LossCount group_sum_pair(LossCount x, int width) {
+    for (int offset = width / 2; offset > 0; offset /= 2) {
+        x.loss += __shfl_xor_sync(0xffffffffu, x.loss, offset, width);
+        x.count += __shfl_xor_sync(0xffffffffu, x.count, offset, width);
     }
-    loss = block_sum(loss, scratch);
-    count = block_sum(count, scratch);
+    return x;
+}
+
+// Block-wide pair sum (as block_reduce: one barrier, `scratch` its own).
+__device__ __forceinline__ LossCount block_sum_pair(LossCount x, LossCount* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    x = group_sum_pair(x, 32);
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    x = lane < warps ? scratch[lane] : LossCount{0.0, 0.0};
+    return group_sum_pair(x, 32);
+}
+
+// The last block's part of the loss: adds the `blocks` pairs of `partials` in a fixed
+// order (strided per thread, then a fixed tree), writes the mean over counted rows to
+// `mean_out` (0 when none counts) and adds the pair to `loss_acc` (Σ loss, Σ count over
+// launches: the epoch's loss, in launch order). Every thread of the block calls it.
+template <typename T>
+__device__ void finish_losses(const double* partials, unsigned int blocks, T* mean_out,
+                              double* loss_acc, LossCount* scratch) {
+    LossCount sum = {0.0, 0.0};
+    for (unsigned int b = threadIdx.x; b < blocks; b += blockDim.x) {
+        sum.loss += ((volatile const double*)partials)[2 * b];
+        sum.count += ((volatile const double*)partials)[2 * b + 1];
+    }
+    sum = block_sum_pair(sum, scratch);
     if (threadIdx.x == 0) {
-        *mean_out = T(count > 0.0 ? loss / count : 0.0);
-        *ticket = 0u;
+        if (mean_out) *mean_out = T(sum.count > 0.0 ? sum.loss / sum.count : 0.0);
+        if (loss_acc) {
+            loss_acc[0] += sum.loss;
+            loss_acc[1] += sum.count;
+        }
     }
 }
 

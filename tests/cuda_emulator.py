@@ -4,8 +4,8 @@ g++ builds each kernel source with ``cuda_emulation.h`` into a shared library. A
 runs the grid's blocks one after another; each block's threads are Python threads that
 set their thread and block index and call the kernel through ctypes (which releases the
 GIL), so barriers and warp shuffles meet as on a GPU. :func:`fake_cupy` and
-:class:`DeviceArray` stand in for CuPy, so ``gpubp.cuda_kernels``' own wrappers, launch
-arithmetic included, run unchanged on host memory.
+:class:`DeviceArray` stand in for CuPy, so ``gpubp.cuda.kernels``' own wrappers, launch
+arithmetic included, run unchanged on host memory, and the fake counts what they allocate.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from gpubp import cuda_kernels
+from gpubp.cuda import compile as cuda_compile
 
 HERE = Path(__file__).resolve().parent
 SCALAR_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
@@ -34,18 +34,40 @@ class DeviceArray(np.ndarray):
     def data(self):
         return SimpleNamespace(ptr=self.ctypes.data)
 
+    def get(self):
+        """The host copy, as cupy.ndarray.get() returns it."""
+        return np.array(self)
+
 
 def device(a) -> DeviceArray:
     return np.require(a, requirements="C").view(DeviceArray)
 
 
 def fake_cupy():
-    """The few CuPy names gpubp.cuda_kernels uses, on host memory."""
+    """The few CuPy names gpubp.cuda.kernels uses, on host memory. ``allocations`` lists
+    (function, shape) for every new device array they made (a pool allocation on CuPy)."""
+    allocations = []
+
+    def allocating(name, make):
+        def function(*args, **kwargs):
+            a = device(make(*args, **kwargs))
+            allocations.append((name, a.shape))
+            return a
+        return function
+
+    def ascontiguousarray(a, dtype=None):
+        if isinstance(a, DeviceArray) and a.flags.c_contiguous and dtype in (None, a.dtype):
+            return a
+        return allocating("ascontiguousarray", np.ascontiguousarray)(a, dtype=dtype)
+
     return SimpleNamespace(
         ndarray=DeviceArray,
-        ascontiguousarray=lambda a, dtype=None: device(np.asarray(a, dtype=dtype)),
-        empty=lambda shape, dtype=np.float64: device(np.empty(shape, dtype)),
-        empty_like=lambda a: device(np.empty_like(a)),
+        allocations=allocations,
+        ascontiguousarray=ascontiguousarray,
+        asarray=allocating("asarray", np.array),
+        empty=allocating("empty", lambda shape, dtype=np.float64: np.empty(shape, dtype)),
+        zeros=allocating("zeros", lambda shape, dtype=np.float64: np.zeros(shape, dtype)),
+        empty_like=allocating("empty_like", np.empty_like),
         cuda=SimpleNamespace(runtime=SimpleNamespace(getDevice=lambda: 0)),
     )
 
@@ -55,13 +77,14 @@ def compiler():
 
 
 class Emulator:
-    """Kernel libraries built into ``build_dir``; :meth:`function` mimics cuda_kernels._function."""
+    """Kernel libraries built into ``build_dir``; :meth:`function` mimics
+    gpubp.cuda.kernels._function."""
 
     def __init__(self, build_dir: Path):
         self.libraries = {}
-        for name in cuda_kernels.SOURCES:
+        for name in cuda_compile.SOURCES:
             source = build_dir / f"{Path(name).stem}.cpp"
-            source.write_text(cuda_kernels.kernel_source(name))
+            source.write_text(cuda_compile.kernel_source(name))
             library = build_dir / f"{Path(name).stem}.so"
             done = subprocess.run(
                 [compiler(), "-std=c++17", "-O1", "-fPIC", "-shared", "-pthread",
@@ -91,27 +114,59 @@ class Emulator:
 
         return launch
 
-    @staticmethod
-    def _run_block(library, kernel, values, grid, block, block_index):
+    def _run_block(self, library, kernel, values, grid, block, block_index):
         library.gpubp_begin_block(*grid, *block)
-        failures = []
 
-        def thread(tx, ty, tz):
-            try:
-                library.gpubp_set_thread(tx, ty, tz, *block_index)
-                kernel(*values)
-            except Exception as e:  # pragma: no cover - reported below
-                failures.append(e)
+        def thread(linear):
+            tx, rest = linear % block[0], linear // block[0]
+            library.gpubp_set_thread(tx, rest % block[1], rest // block[1], *block_index)
+            kernel(*values)
 
-        threading.stack_size(256 * 1024)
-        threads = [threading.Thread(target=thread, args=(tx, ty, tz))
-                   for tz in range(block[2]) for ty in range(block[1]) for tx in range(block[0])]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-            if t.is_alive():
-                raise RuntimeError(f"block {block_index} deadlocked (a barrier not all reached)")
+        failures = _WORKERS.run(block[0] * block[1] * block[2], thread)
+        if failures is None:
+            raise RuntimeError(f"block {block_index} deadlocked (a barrier not all reached)")
         library.gpubp_end_block()
         if failures:
             raise failures[0]
+
+
+class _WorkerPool:
+    """Host threads kept between blocks (starting 256 Python threads per block cost more
+    than the kernels): :meth:`run` hands thread i the call ``job(i)`` for i < n, all at once
+    (they meet at the kernel's barriers), and waits for them."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wake: list[threading.Event] = []
+        self.job = None
+        self.remaining = 0
+        self.done = threading.Event()
+        self.failures: list = []
+
+    def run(self, n: int, job, timeout: float = 60.0):
+        """The exceptions raised (a list), or None when the threads did not all finish."""
+        while len(self.wake) < n:
+            self.wake.append(threading.Event())
+            threading.stack_size(256 * 1024)
+            threading.Thread(target=self._worker, args=(len(self.wake) - 1,), daemon=True).start()
+        self.job, self.remaining, self.failures = job, n, []
+        self.done.clear()
+        for i in range(n):
+            self.wake[i].set()
+        return list(self.failures) if self.done.wait(timeout) else None
+
+    def _worker(self, index: int):
+        while True:
+            self.wake[index].wait()
+            self.wake[index].clear()
+            try:
+                self.job(index)
+            except Exception as e:  # pragma: no cover - reported by run
+                self.failures.append(e)
+            with self.lock:
+                self.remaining -= 1
+                if self.remaining == 0:
+                    self.done.set()
+
+
+_WORKERS = _WorkerPool()

@@ -1,4 +1,5 @@
-"""The CUDA kernels against their float64 references in gpubp.ops. Skipped without a device.
+"""The CUDA kernels against their float64 references in gpubp.ops (and gpubp.optim.SGD).
+Skipped without a device.
 
 Outputs are poisoned with NaN before each launch, so an element a kernel never writes
 fails. The references run in float64: on NumPy for small shapes, and for the largest ones
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp import cuda_kernels, ops
+from gpubp import ops
+from gpubp.cuda import kernels as cuda_kernels
 from gpubp.errors import DataError
 
 pytestmark = pytest.mark.gpu
@@ -156,12 +158,13 @@ def test_out_of_range_labels_are_flagged_never_read(rng, cols):
     assert np.isnan(loss[1]) and np.isnan(loss[2]) and np.isfinite(loss[[0, 3]]).all()
     assert bool(cp.isnan(grad[1]).all()) and bool(cp.isfinite(grad[0]).all())
     with pytest.raises(DataError, match="^targets: a label outside"):
-        cuda_kernels.raise_on_bad_labels()
-    cuda_kernels.raise_on_bad_labels()  # the flag was reset
+        cuda_kernels.check_bad_labels()
+    cuda_kernels.check_bad_labels()  # the flag was reset
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 10), (4096, 1024), (33, 1001), (5, 3)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 10), (4096, 1024), (33, 1001), (5, 3),
+                                   (65536, 800)])
 def test_sigmoid_kernels_match_the_reference(rng, shape, dtype):
     z = cp.asarray(rng.normal(size=shape) * 10, dtype=dtype)
     z[0, 0] = -1e4
@@ -215,3 +218,154 @@ def test_fused_sgd_update_matches_the_numpy_rule(rng, momentum, nesterov, weight
         gpu.step(on_device, [cp.asarray(g) for g in grads])
     for p, q in zip(params, on_device):
         np.testing.assert_allclose(cp.asnumpy(q), p, rtol=1e-12, atol=1e-14)
+
+
+# ---- the step's kernels ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,cols", [(4096, 10), (33, 3), (300, 1000), (7, 40000)])
+@pytest.mark.parametrize("kind", ["labels", "rows"])
+def test_bias_softmax_cross_entropy_matches_the_reference(rng, dtype, rows, cols, kind):
+    z = random_logits(rng, rows, cols, dtype)
+    bias = cp.asarray(rng.normal(size=cols), dtype=dtype)
+    if kind == "labels":
+        targets = rng.integers(0, cols, rows)
+        targets[::5] = -100
+        ignore_index = -100
+    else:
+        targets = rng.dirichlet(np.ones(cols), size=rows) * 0.7
+        ignore_index = None
+    scale = 1.0 / rows
+    want_sum, want_db = np.array([0.5, 2.0]), np.empty(cols)
+    want_grad = ops.bias_softmax_cross_entropy(
+        cp.asnumpy(z).astype(np.float64), cp.asnumpy(bias).astype(np.float64), targets, scale,
+        ignore_index=ignore_index, bias_grad=want_db, loss_sum=want_sum)
+    scratch = cuda_kernels.KernelScratch()
+    grad, db = poisoned_like(z), cp.full(cols, np.nan, dtype)
+    loss_sum = cp.asarray([0.5, 2.0])
+    got = cuda_kernels.bias_softmax_cross_entropy(
+        z, bias, cp.asarray(targets, dtype=dtype if kind == "rows" else None), scale,
+        ignore_index=ignore_index, out=grad, bias_grad=db, loss_sum=loss_sum, scratch=scratch)
+    assert got is grad
+    assert_close(grad, want_grad, dtype, scale)
+    assert_close(db, want_db, dtype, 1.0)
+    assert_close(loss_sum, want_sum, dtype, rows)
+    cuda_kernels.check_bad_labels(scratch)
+
+
+@pytest.mark.parametrize("cols", (10, 1000))
+def test_the_ticketed_sums_are_bit_identical_from_run_to_run(rng, cols):
+    z = random_logits(rng, 4096, cols, np.float32)
+    bias = cp.zeros(cols, cp.float32)
+    labels = cp.asarray(rng.integers(0, cols, 4096))
+    a = cp.asarray(rng.uniform(size=(4096, cols)), cp.float32)
+    runs = []
+    for _ in range(3):
+        db, loss_sum, dbh = cp.empty(cols, cp.float32), cp.zeros(2), cp.empty(cols, cp.float32)
+        grad = cuda_kernels.bias_softmax_cross_entropy(
+            z, bias, labels, 1 / 4096, out=cp.empty_like(z), bias_grad=db, loss_sum=loss_sum)
+        cuda_kernels.sigmoid_backward(grad, a, out=cp.empty_like(grad), bias_grad=dbh)
+        runs.append(tuple(cp.asnumpy(x).tobytes() for x in (db, loss_sum, dbh)))
+    assert runs.count(runs[0]) == 3
+
+
+@pytest.mark.parametrize("dtype,cols", [(np.float32, 784), (np.float64, 3), (np.float32, 5)])
+@pytest.mark.parametrize("target_kind", ["int64", "rows"])
+def test_gather_rows_matches_the_reference(rng, dtype, cols, target_kind):
+    n, batch = 60000, 4096
+    X = rng.normal(size=(n, cols)).astype(dtype)
+    targets = (rng.normal(size=(n, 10)).astype(dtype) if target_kind == "rows"
+               else rng.integers(0, 10, n))
+    order = rng.permutation(n)
+    want = ops.gather_rows(X, order, 8192, np.empty((batch, cols), dtype), targets,
+                           np.empty((batch, *targets.shape[1:]), targets.dtype))
+    out = cp.full((batch, cols), np.nan, dtype)
+    t_out = cp.zeros((batch, *targets.shape[1:]), targets.dtype)
+    cuda_kernels.gather_rows(cp.asarray(X), cp.asarray(order), cp.asarray([8192]), out,
+                             cp.asarray(targets), t_out)
+    np.testing.assert_array_equal(cp.asnumpy(out), want[0])
+    np.testing.assert_array_equal(cp.asnumpy(t_out), want[1])
+    cuda_kernels.check_bad_labels()
+
+
+@pytest.mark.parametrize("momentum,nesterov,weight_decay",
+                         [(0.0, False, 0.0), (0.0, False, 1e-2), (0.9, False, 0.0),
+                          (0.9, True, 1e-2)])
+def test_multi_sgd_matches_sgd_step_to_float32_rounding(rng, momentum, nesterov, weight_decay):
+    shapes = [(800, 784), (800,), (10, 800), (10,)]
+    params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    steps = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(3)]
+    reference_sgd = gpubp.SGD(0.05, momentum=momentum, nesterov=nesterov,
+                              weight_decay=weight_decay)
+    on_device = [cp.asarray(p) for p in params]
+    grads = [cp.empty_like(p) for p in on_device]
+    velocities = [cp.full_like(p, np.nan) for p in on_device] if momentum else None
+    table = cuda_kernels.SGDTable(on_device, grads, velocities)
+    lr, first, offset = cp.asarray([0.05]), cp.ones(1, cp.int32), cp.zeros(1, cp.int64)
+    for step in steps:
+        reference_sgd.step(params, step)
+        for g, s in zip(grads, step):
+            g.set(s)
+        cuda_kernels.multi_sgd(table, lr, first, momentum=momentum, nesterov=nesterov,
+                               weight_decay=weight_decay, offset=offset, batch=256)
+    assert int(first[0]) == 0 and int(offset[0]) == 3 * 256
+    for got, want in zip(on_device, params):
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=4e-7, atol=4e-7)
+
+
+def test_a_warm_step_of_kernels_allocates_nothing_and_replays_as_a_graph(rng):
+    """gather → bias_sigmoid → fused CE → dbias → multi_sgd over persistent buffers: no pool
+    allocation once warm, and capturable: the replayed graph reads the offset that its own
+    multi_sgd advances, and adds each replay's loss to the accumulator."""
+    n, batch, hidden, classes = 1024, 128, 64, 10
+    X = cp.asarray(rng.uniform(size=(n, hidden)), cp.float32)
+    y = cp.asarray(rng.integers(0, classes, n))
+    order = cp.asarray(rng.permutation(n))
+    scratch = cuda_kernels.KernelScratch()
+    Xb, yb = cp.empty((batch, hidden), cp.float32), cp.empty(batch, cp.int64)
+    z = cp.empty((batch, classes), cp.float32)
+    b1, b2 = cp.zeros(hidden, cp.float32), cp.zeros(classes, cp.float32)
+    db1, db2 = cp.empty_like(b1), cp.empty_like(b2)
+    table = cuda_kernels.SGDTable([b1, b2], [db1, db2])
+    lr, offset = cp.asarray([0.1]), cp.zeros(1, cp.int64)
+
+    def step():
+        cuda_kernels.gather_rows(X, order, offset, Xb, y, yb, scratch=scratch)
+        cuda_kernels.bias_sigmoid(Xb, b1, out=Xb)
+        z[...] = Xb[:, :classes]  # stands in for the GEMM (cuBLAS through CuPy refuses capture)
+        cuda_kernels.bias_softmax_cross_entropy(z, b2, yb, 1 / batch, out=z, bias_grad=db2,
+                                                loss_sum=scratch.loss_sum, scratch=scratch)
+        cuda_kernels.sigmoid_backward(Xb, X[:batch], out=Xb, bias_grad=db1, scratch=scratch)
+        cuda_kernels.multi_sgd(table, lr, offset=offset, batch=batch, scratch=scratch)
+
+    step()  # warm-up
+    pool = cp.get_default_memory_pool()
+    mallocs = []
+
+    def counting(size):
+        mallocs.append(size)
+        return pool.malloc(size)
+
+    cp.cuda.set_allocator(counting)
+    try:
+        with cuda_kernels.record_launches() as launches:
+            step()
+    finally:
+        cp.cuda.set_allocator(pool.malloc)
+    assert mallocs == [] and len(launches) == 5
+    assert int(offset[0]) == 2 * batch
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        step()
+        graph = stream.end_capture()
+    offset.fill(0)
+    scratch.take_loss()
+    cp.cuda.Device().synchronize()  # the resets above ran on the null stream
+    for _ in range(3):
+        graph.launch(stream)
+    stream.synchronize()
+    assert int(offset[0]) == 3 * batch
+    assert scratch.take_loss()[1] == 3 * batch
+    cuda_kernels.check_bad_labels(scratch)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubp import cuda_kernels
+from gpubp.cuda import compile as cuda_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ PROBE = """
 import json, sys
 sys.path.append(sys.argv[1])  # numpy and the rest from the test's environment, after the venv
 import gpubp
-from gpubp import cuda_kernels
+from gpubp.cuda import compile as cuda_kernels
 print(json.dumps({
     "package": gpubp.__file__,
     "source_dir": str(cuda_kernels.source_dir()),
