@@ -34,9 +34,13 @@ class DeviceArray(np.ndarray):
     def data(self):
         return SimpleNamespace(ptr=self.ctypes.data)
 
-    def get(self):
+    def get(self, stream=None):
         """The host copy, as cupy.ndarray.get() returns it."""
         return np.array(self)
+
+    def set(self, host, stream=None):
+        """Copy ``host`` in, as cupy.ndarray.set() does."""
+        self[...] = host
 
 
 def device(a) -> DeviceArray:
@@ -65,8 +69,10 @@ def fake_cupy():
         allocations=allocations,
         ascontiguousarray=ascontiguousarray,
         asarray=allocating("asarray", np.array),
-        empty=allocating("empty", lambda shape, dtype=np.float64: np.empty(shape, dtype)),
-        zeros=allocating("zeros", lambda shape, dtype=np.float64: np.zeros(shape, dtype)),
+        empty=allocating("empty", lambda shape, dtype=np.float64, order="C":
+                         np.empty(shape, dtype, order=order)),
+        zeros=allocating("zeros", lambda shape, dtype=np.float64, order="C":
+                         np.zeros(shape, dtype, order=order)),
         empty_like=allocating("empty_like", np.empty_like),
         cuda=SimpleNamespace(runtime=SimpleNamespace(getDevice=lambda: 0)),
     )

@@ -45,11 +45,13 @@ class NumpyStepper:
         self._workspaces: dict[int, Workspace] = {}
         self._order, self._lr = None, None
 
-    def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0) -> None:
-        """Take the epoch's row order (N,) and learning rate; ``loss_sum`` carries on a
-        resumed epoch's sum."""
+    def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0,
+                    first_loss: float | None = None) -> None:
+        """Take the epoch's row order (N,) and learning rate; ``loss_sum`` and
+        ``first_loss`` carry on a resumed epoch's."""
         self._order, self._lr = order, lr
         self.loss_sum[...] = loss_sum
+        self.first_loss[...] = 0.0 if first_loss is None else first_loss
 
     def finish_epoch(self) -> float:
         """The epoch's Σ_rows loss (over every rank's rows)."""
