@@ -11,9 +11,15 @@ buffers (column-major on NumPy), the loss at (B, 10) with integer labels.
 import numpy as np
 import pytest
 
-from gpubp.network import step_ops
+from gpubp import cpu_kernels
+from gpubp.cuda import kernels as cuda_kernels
 
 HIDDEN_SHAPES = [(256, 1024), (4096, 1024)]
+
+
+def step_ops(backend):
+    """The ops module the network uses on ``backend`` (see gpubp.network)."""
+    return cuda_kernels if backend.is_gpu else cpu_kernels
 LOGIT_SHAPES = [(256, 10), (4096, 10), (65536, 10)]
 
 

@@ -20,3 +20,16 @@ __all__ = [
     "GpubpError", "BackendError", "DataError", "ModelFileError", "DivergenceError",
     "CheckpointError", "CheckpointMismatchError", "TrainingInterrupted",
 ]
+
+
+def __getattr__(name):
+    # Loaded on first use, so that `import gpubp` imports none of scikit-learn, torch, onnx.
+    if name == "MLPClassifier":
+        from gpubp.estimator import MLPClassifier
+
+        return MLPClassifier
+    if name == "interop":
+        import importlib
+
+        return importlib.import_module("gpubp.interop")
+    raise AttributeError(f"module 'gpubp' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The xp layer: one array module for the math, NumPy on CPU or CuPy on an NVIDIA GPU.
 
-The network's math is written once against ``backend.xp``. This module and
-``gpubp.cuda_kernels`` (the CUDA kernels) are the only ones that import cupy.
+The network's math is written once against ``backend.xp``. CuPy is imported only here and
+in :mod:`gpubp.cuda` (the kernels, cuBLAS) and :mod:`gpubp.step.cuda_step`, when used.
 
 A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"``. ``"auto"`` (the
 default) and ``None`` take the environment variable ``GPUBP_BACKEND`` when it is set;

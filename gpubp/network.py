@@ -1,38 +1,30 @@
 """The seed's network: sigmoid hidden layers, a softmax output, cross-entropy loss.
 
-Notation follows A. Punnen, "Backpropagation with Softmax and Cross Entropy": a^0 = X, z^l = W^l a^{l−1} + b^l,
-a^l = σ(z^l) for hidden layers, P = softmax(z^L). On a batch the rows are samples, so
-z^l = a^{l−1} (W^l)^T + b^l with a^{l−1}: (B, n_{l−1}), W^l: (n_l, n_{l−1}), z^l: (B, n_l).
+Notation follows A. Punnen, "Backpropagation with Softmax and Cross Entropy": a^0 = X,
+z^l = W^l a^{l−1} + b^l, a^l = σ(z^l) for hidden layers, P = softmax(z^L). On a batch the
+rows are samples, so z^l = a^{l−1} (W^l)^T + b^l with a^{l−1}: (B, n_{l−1}),
+W^l: (n_l, n_{l−1}), z^l: (B, n_l).
+
+:meth:`MLP.loss_and_grads` is the readable reference of a training step's math, in fresh
+arrays; the fast step over persistent buffers is :mod:`gpubp.step`, tested against it.
+Each backend's fused elementwise ops are chosen here, explicitly: :mod:`gpubp.cpu_kernels`
+on NumPy, :mod:`gpubp.cuda.kernels` on CuPy (tests swap in :mod:`gpubp.ops`, the references,
+through ``net._ops``).
 """
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
-
 import numpy as np
 
-from gpubp import blas, cpu_kernels, ops, serialization
+from gpubp import cpu_kernels, ops, serialization
 from gpubp.backend import Backend, get_backend, to_numpy
+from gpubp.cuda import kernels as cuda_kernels
 from gpubp.model_info import ModelInfo
 from gpubp.validation import (
     check_dtype, check_features, check_int, check_layer_sizes, check_targets,
 )
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating large arrays
-WORKSPACES = 2  # batch sizes whose training buffers are kept (the batch and the last one)
-
-
-def step_ops(backend: Backend):
-    """The module computing a training step's fused math: gpubp.cpu_kernels on NumPy;
-    on CuPy the CUDA kernels, or with $GPUBP_CUDA_KERNELS="0" the references in gpubp.ops."""
-    if not backend.is_gpu:
-        return cpu_kernels
-    if os.environ.get("GPUBP_CUDA_KERNELS", "1") != "0":
-        from gpubp import cuda_kernels
-
-        return cuda_kernels
-    return ops
 
 
 class MLP:
@@ -70,9 +62,7 @@ class MLP:
             self.weights.append(self.backend.asarray(W, dtype=self.dtype))
             self.biases.append(self.backend.xp.zeros(n_out, dtype=self.dtype))
         self.info = ModelInfo()
-        self._ops = step_ops(self.backend)
-        self._matmul = self.backend.xp.matmul if self.backend.is_gpu else blas.matmul
-        self._workspaces: OrderedDict[int, _Workspace] = OrderedDict()
+        self._ops = cuda_kernels if self.backend.is_gpu else cpu_kernels
 
     # ---- inference -------------------------------------------------------------------
 
@@ -121,84 +111,30 @@ class MLP:
         X = self.prepare_features(X)
         targets = self.prepare_targets(y, X.shape[0])
         loss, grads = self.loss_and_grads_prepared(X, targets)
-        return float(loss), [(dW.copy(), db.copy()) for dW, db in grads]
+        return float(loss), grads
 
     def loss_and_grads_prepared(self, X, targets):
         """:meth:`loss_and_grads` on arrays already returned by the ``prepare_*`` methods.
 
-        Returns the loss as a 0-d backend array, so that a GPU step needs no host sync,
-        and the gradients in the network's own buffers for this batch size: the next
-        call with the same batch size overwrites them.
+        The readable reference of the step's math, in fresh arrays. Returns the loss as a
+        0-d backend array (no host sync on a GPU) and [(dW^l, db^l)] per layer.
         """
-        work, loss, delta = self._loss_and_delta(X, targets)
-        return loss, self._backward_into(X, work, delta)
-
-    def sgd_step_prepared(self, X, targets, lr: float):
-        """One step of plain gradient descent, W ← W − lr · dL/dW (the seed's rule), with
-        each weight update fused into the GEMM that computes its gradient (EqA1).
-
-        Same arrays as :meth:`loss_and_grads_prepared`; equal to it followed by
-        ``SGD(lr).step`` up to rounding. NumPy backend only. Returns the loss (0-d).
-        """
-        if self.backend.is_gpu:
-            raise TypeError("sgd_step_prepared: runs on the NumPy backend only")
-        work, loss, delta = self._loss_and_delta(X, targets)
-        inputs = [X] + work.activations
+        step_ops = self._ops
+        activations = [X]  # a^0 .. a^{L−1}
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            activations.append(step_ops.bias_sigmoid(activations[-1] @ W.T, b))
+        logits = activations[-1] @ self.weights[-1].T + self.biases[-1]
+        # EqA1.1: δ^L = dL/dz^L = (P − Y)/B for the batch-mean loss, with the loss itself.
+        loss, delta = step_ops.softmax_cross_entropy(logits, targets, 1.0 / X.shape[0],
+                                                     reduction="mean", out=logits)
+        grads = []
         for l in reversed(range(len(self.weights))):
-            W, b, db = self.weights[l], self.biases[l], work.grads[l][1]
-            if l > 0:  # EqA2.1's (W^l)^T δ^l, with W^l before its update
-                grad_a = self._matmul(delta, W, out=work.deltas[l - 1])
-            # EqA1 and the update in one GEMM: W^l ← W^l − lr · δ^l (a^{l−1})^T.
-            blas.matmul(delta.T, inputs[l], out=W, alpha=-lr, beta=1.0)
-            blas.axpby(-lr, db, 1.0, b)
+            # EqA1: dL/dW^l = δ^l (a^{l−1})^T and dL/db^l = Σ_batch δ^l.
+            grads.append((delta.T @ activations[l], delta.sum(axis=0)))
             if l > 0:
-                delta = self._ops.sigmoid_backward(grad_a, inputs[l], out=grad_a,
-                                                   bias_grad=work.grads[l - 1][1])
-        return loss
-
-    def _loss_and_delta(self, X, targets):
-        """The forward pass into this batch size's workspace, then the loss and, over the
-        logits, δ^L = dL/dz^L with dL/db^L = Σ_batch δ^L. Returns (workspace, loss, δ^L)."""
-        batch = X.shape[0]
-        work = self._workspace(batch)
-        logits = self._forward_into(X, work)
-        # EqA1.1: dL/dz^L = (P − Y)/B for the batch-mean loss, fused with the loss itself.
-        loss, delta = self._ops.softmax_cross_entropy(logits, targets, 1.0 / batch,
-                                                      reduction="mean", out=logits)
-        delta.sum(axis=0, out=work.grads[-1][1])
-        return work, loss, delta
-
-    def _forward_into(self, X, work):
-        """a^1..a^{L−1} into ``work.activations`` and z^L into ``work.logits``; returns z^L."""
-        a = X
-        for W, b, out in zip(self.weights[:-1], self.biases[:-1], work.activations):
-            a = self._ops.bias_sigmoid(self._matmul(a, W.T, out=out), b, out=out)
-        logits = self._matmul(a, self.weights[-1].T, out=work.logits)
-        logits += self.biases[-1]
-        return logits
-
-    def _backward_into(self, X, work, delta):
-        """Backpropagate delta = dL/dz^L (B, C) through every layer; returns [(dW, db)]
-        (dL/db^L already summed by :meth:`_loss_and_delta`)."""
-        inputs = [X] + work.activations  # a^0 .. a^{L−1}
-        for l in reversed(range(len(self.weights))):
-            dW, _ = work.grads[l]
-            # EqA1: dL/dW^l = δ^l (a^{l−1})^T, summed over the batch: (n_l, n_{l−1}).
-            self._matmul(delta.T, inputs[l], out=dW)
-            if l > 0:
-                # EqA2.1: δ^{l−1} = ((W^l)^T δ^l) ⊙ σ'(z^{l−1}), σ' = a^{l−1}(1 − a^{l−1}),
-                # with dL/db^{l−1} = Σ_batch δ^{l−1} in the same pass.
-                grad_a = self._matmul(delta, self.weights[l], out=work.deltas[l - 1])
-                delta = self._ops.sigmoid_backward(grad_a, inputs[l], out=grad_a,
-                                                   bias_grad=work.grads[l - 1][1])
-        return work.grads
-
-    def _workspace(self, batch: int) -> "_Workspace":
-        work = self._workspaces.pop(batch, None) or _Workspace(self, batch)
-        self._workspaces[batch] = work  # most recently used last
-        while len(self._workspaces) > WORKSPACES:
-            self._workspaces.popitem(last=False)
-        return work
+                # EqA2.1: δ^{l−1} = ((W^l)^T δ^l) ⊙ σ'(z^{l−1}), σ' = a^{l−1}(1 − a^{l−1}).
+                delta = step_ops.sigmoid_backward(delta @ self.weights[l], activations[l])
+        return loss, grads[::-1]
 
     # ---- parameters ------------------------------------------------------------------
 
@@ -259,6 +195,29 @@ class MLP:
         net.info = saved.info
         return net
 
+    def to_onnx(self, path=None, **kwargs):
+        """This network (with :attr:`info`'s scaler and classes) as an ``onnx.ModelProto``,
+        written to ``path`` when given; see :func:`gpubp.interop.onnx.to_onnx`."""
+        from gpubp.interop.onnx import to_onnx
+
+        return to_onnx(self, path, **kwargs)
+
+    @classmethod
+    def from_sklearn(cls, fitted, *, backend="auto", dtype=None) -> "MLP":
+        """The network of a fitted ``sklearn.neural_network.MLPClassifier(activation=
+        "logistic")``, same predict_proba; see :func:`gpubp.interop.sklearn.mlp_from_sklearn`."""
+        from gpubp.interop.sklearn import mlp_from_sklearn
+
+        return mlp_from_sklearn(fitted, backend=backend, dtype=dtype)
+
+    def to_sklearn(self, **params):
+        """A fitted ``sklearn.neural_network.MLPClassifier`` computing this network's
+        predict_proba (``params``: its other constructor arguments); see
+        :func:`gpubp.interop.sklearn.mlp_to_sklearn`."""
+        from gpubp.interop.sklearn import mlp_to_sklearn
+
+        return mlp_to_sklearn(self, params=params)
+
     def __repr__(self) -> str:
         return (f"MLP(layer_sizes={self.layer_sizes}, backend={self.backend.name!r}, "
                 f"dtype={self.dtype.name!r})")
@@ -285,25 +244,3 @@ class MLP:
         """z^L for X, EVAL_CHUNK rows at a time, so hidden activations stay bounded."""
         return self.backend.xp.concatenate(
             [self._logits(X[i:i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)])
-
-
-class _Workspace:
-    """A training step's buffers for one batch size B, reused from step to step.
-
-    activations: a^1..a^{L−1}, (B, n_l); logits: z^L (B, C), overwritten by dL/dz^L;
-    deltas: dL/da^l, then δ^l in place, (B, n_l); grads: [(dW^l, db^l)] like the weights.
-
-    On NumPy the hidden layers' buffers are column-major: a GEMM writing a column-major
-    (B, n) product runs as (n, B) = W · aᵀ, which made a step at B = 256 2–4% faster on
-    MKL and on OpenBLAS than the row-major a · Wᵀ. The CUDA kernels take row-major rows, so
-    CuPy (and any other step ops) get C order.
-    """
-
-    def __init__(self, net: MLP, batch: int):
-        xp, dtype, hidden = net.backend.xp, net.dtype, net.layer_sizes[1:-1]
-        column_major = not net.backend.is_gpu and net._ops in (cpu_kernels, ops)
-        order = "F" if column_major else "C"
-        self.activations = [xp.empty((batch, n), dtype, order=order) for n in hidden]
-        self.deltas = [xp.empty((batch, n), dtype, order=order) for n in hidden]
-        self.logits = xp.empty((batch, net.layer_sizes[-1]), dtype)
-        self.grads = [(xp.empty_like(W), xp.empty_like(b)) for W, b in zip(net.weights, net.biases)]

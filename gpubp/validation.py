@@ -71,9 +71,13 @@ def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     return tuple(check_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
 
 
-def _as_array(a, name: str):
+def _as_array(a, name: str, backend: Backend | None = None):
     if is_device_array(a) or isinstance(a, np.ndarray):
         return a
+    if hasattr(a, "__dlpack_device__"):  # PyTorch, JAX...: a view of its memory, no copy
+        from gpubp.interop.dlpack import as_array
+
+        return as_array(a, name, backend)
     try:
         return np.asarray(a)
     except (ValueError, TypeError) as e:
@@ -87,7 +91,7 @@ def _check_real_dtype(a, name: str) -> None:
 
 def check_features(X, n_features: int, backend: Backend, dtype, name: str = "X"):
     """``X`` as a finite (B, n_features) array of ``dtype`` on ``backend``, B ≥ 1."""
-    X = _as_array(X, name)
+    X = _as_array(X, name, backend)
     _check_real_dtype(X, name)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (batch, features), got shape {X.shape}")
@@ -112,7 +116,7 @@ def check_targets(y, n_rows: int, n_classes: int, backend: Backend, dtype, name:
     Labels must be integers (an integer dtype, or floats with integral values) in
     [0, n_classes). Target rows must be finite, non-negative and each sum to 1.
     """
-    y = _as_array(y, name)
+    y = _as_array(y, name, backend)
     _check_real_dtype(y, name)
     if y.ndim not in (1, 2):
         raise ValueError(

@@ -109,30 +109,21 @@ def test_repr_and_parameter_count():
     assert net.n_parameters == 784 * 800 + 800 + 800 * 10 + 10
 
 
-@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-5)])
-def test_fused_sgd_step_equals_gradients_then_sgd(rng, dtype, rtol):
-    sizes = (12, 9, 7, 4)
-    fused = gpubp.MLP(sizes, backend="numpy", dtype=dtype, seed=5)
-    plain = gpubp.MLP(sizes, backend="numpy", dtype=dtype, seed=5)
-    optimizer = gpubp.SGD(0.3)
-    for _ in range(3):
-        X = fused.prepare_features(rng.normal(size=(16, 12)))
-        y = fused.prepare_targets(rng.integers(0, 4, 16), 16)
-        fused_loss = fused.sgd_step_prepared(X, y, 0.3)
-        loss, grads = plain.loss_and_grads_prepared(X, y)
-        optimizer.step(plain.parameters(), [g for pair in grads for g in pair])
-        assert float(fused_loss) == pytest.approx(float(loss), rel=rtol)
-    for p, q in zip(fused.parameters(), plain.parameters()):
-        np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol)
-
-
-def test_the_trainer_fuses_plain_sgd_only(monkeypatch):
+def test_the_step_fuses_plain_sgd_only(monkeypatch):
+    """The update rides on the gradient GEMM for plain SGD with MKL (tests/test_step.py
+    holds the fused step to the reference)."""
     from gpubp import blas
+    from gpubp.step import NumpyStepper
 
     net = gpubp.MLP((4, 3, 2), backend="numpy", seed=0)
+
+    def fused(optimizer):
+        return NumpyStepper(net, optimizer, np.zeros((1, 4), np.float32),
+                            np.zeros(1, np.int64), 1)._fused_update()
+
     monkeypatch.setattr(blas, "has_mkl", lambda: True)
-    assert gpubp.Trainer(net, gpubp.SGD(0.1))._fused_sgd()
-    assert not gpubp.Trainer(net, gpubp.SGD(0.1, momentum=0.9))._fused_sgd()
-    assert not gpubp.Trainer(net, gpubp.SGD(0.1, weight_decay=1e-4))._fused_sgd()
+    assert fused(gpubp.SGD(0.1))
+    assert not fused(gpubp.SGD(0.1, momentum=0.9))
+    assert not fused(gpubp.SGD(0.1, weight_decay=1e-4))
     monkeypatch.setattr(blas, "has_mkl", lambda: False)
-    assert not gpubp.Trainer(net, gpubp.SGD(0.1))._fused_sgd()
+    assert not fused(gpubp.SGD(0.1))

