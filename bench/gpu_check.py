@@ -1,338 +1,408 @@
-"""The one-shot device check: GPU tests and benchmarks in one command, JSON to $OUT.
+"""The one-shot device check: GPU tests and benchmarks, a process for each section.
+
+Writes JSON to $OUT after every section and prints a table last.
 
 On the device machine, from the source tree (nothing installed):
 
-    PYTHONPATH=. python bench/gpu_check.py --data-dir .mnist --budget-s 300
+    PYTHONPATH=. python bench/gpu_check.py --out $OUT --data-dir .mnist
 
-It (1) records the device and versions, (2) measures the device-to-device copy
-bandwidth, (3) runs the GPU tests (pytest -m gpu), (4) times each CUDA kernel against the
-copy bandwidth and PyTorch (bench.kernel_times), (5) times one plain-SGD training step of
-784-1024-1024-10 on gpubp-cupy (with its kernels, and without: the reference ops on
-CuPy) and PyTorch eager side by side, in fp32 and, in a child process with CUPY_TF32=1,
-in TF32, with the CuPy pool's bytes after each step, then, while the time budget lasts,
-(6) runs bench.compare's CUDA peers (gpubp-cupy, torch eager and compiled, TF32 rows) and
-(7) trains 784-800-10 on MNIST. Each section's result is written to
-``$OUT/gpu_check.json`` as soon as it is known; a short table is printed last.
+Sections, most valuable first (bench/gpu_sections/): environment (device, versions, copy
+bandwidth), tests (pytest -m gpu), step (gpubp with graphs and eager against PyTorch
+eager, with a CUDA graph and compiled), kernels (fused cross-entropy and sigmoid backward
+against the copy bandwidth), mnist (784-800-10, 60 epochs), data_parallel (mpiexec -n 2).
+
+A section that crashes, hangs or faults spoils only itself: it is killed at its timeout,
+and what it saved before stays. Each timeout is the section's cap within what is left of
+``--budget-s`` after keeping the later sections' minimums; sections plan their own work
+from times they measure. ``$OUT/gpu-check.json`` is rewritten (atomically) before and
+after each section, so a kill of this script leaves it valid; each section's output is in
+``$OUT/<section>.log``. ``--dry-run`` runs fake sections instead (no GPU needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gpu_sections import (  # noqa: E402
+    DEFAULT_FAKE_ORDER, SECTIONS, Context, SectionSkipped, die_with_parent, error_entry,
+    registry, soft_budget, write_json_atomic)
+from bench.gpu_sections import targets as target_checks  # noqa: E402
 
-import gpubp  # noqa: E402
-from gpubp import ops as reference_ops  # noqa: E402
-from gpubp.backend import cuda_versions, get_backend  # noqa: E402
-from bench.kernel_times import run as kernel_times, time_events  # noqa: E402
-from bench.peers.torch_peer import torch_mlp  # noqa: E402
-
-STEP_BATCHES = (64, 256, 4096, 65536)
-STEP_SIZES = (784, 1024, 1024, 10)
-COMPARE_BATCHES = (256, 4096, 65536)  # bench.compare's CUDA peers, one epoch each of 131,072 rows
-MNIST_CONFIGS = (  # (batch, lr, weight decay, epochs), in order of interest
-    (64, 0.1, 2e-5, 60),  # the best of the 2026-11-28 sweep, bench.mnist_800's default
-    (64, 0.1, 0.0, 50),
-)
+FORMAT = "gpu-check/2"
+JSON_NAME = "gpu-check.json"
+DEFAULT_BUDGET_S = 480.0  # two minutes of margin inside a 10-minute device call
+KILL_GRACE_S = 3.0  # SIGTERM, then this long, then SIGKILL
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=".mnist", help="the MNIST .gz files")
-    p.add_argument("--budget-s", type=float, default=300.0, help="stop starting work after this")
-    p.add_argument("--out", default=os.environ.get("OUT", "."))
-    p.add_argument("--step-times-only", action="store_true",
-                   help="print the step-time rows as JSON and exit (the TF32 child)")
-    args = p.parse_args()
-    if args.step_times_only:
-        backend = get_backend("cupy")
-        print(json.dumps([step_times(backend, batch, tf32=True) for batch in STEP_BATCHES]))
-        return
-    deadline = time.monotonic() + args.budget_s
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds")}
-
-    def save():
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-
-    def section(key, compute):
-        """report[key] = compute(), or the error: one failing section spoils no other."""
-        try:
-            report[key] = compute()
-        except Exception as e:  # recorded with its traceback, and the check goes on
-            report[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        save()
-
-    backend = get_backend("cupy")
-    cp = backend.xp
-    section("device", lambda: device_facts(backend))
-    section("copy_bandwidth_GBps", lambda: copy_bandwidth(cp))
-    section("tests", lambda: run_gpu_tests(out, timeout=min(240, remaining(deadline))))
-    copy_GBps = report["copy_bandwidth_GBps"]
-    section("kernels", lambda: kernel_times(copy_GBps if isinstance(copy_GBps, float) else None))
-    section("step_time", lambda: [step_times(backend, batch) for batch in STEP_BATCHES])
-    section("step_time_tf32", lambda: tf32_step_times(timeout=min(120, remaining(deadline))))
-
-    if remaining(deadline) > 90:
-        from bench.compare import CompareConfig, run_comparison
-
-        section("compare_cuda", lambda: run_comparison(CompareConfig(
-            device="cuda", batch_sizes=COMPARE_BATCHES, widths=(), rows=131072, repeats=2,
-            data_dir=args.data_dir,
-            peers=("gpubp-cupy", "torch-eager-cuda", "gpubp-cupy-tf32", "torch-eager-cuda-tf32",
-                   "torch-compile-cuda"),
-            budget_s=remaining(deadline) - 60, timeout_s=120), log=lambda line: None))
-
-    from bench.mnist_800 import run
-
-    report["mnist_800"] = []
-    for batch, lr, wd, epochs in MNIST_CONFIGS:
-        # ~0.45 ms a step at batch 64 on an H200, plus evaluation; skip what cannot finish.
-        estimate = epochs * (60000 / batch) * 0.0006 + 10
-        if remaining(deadline) < estimate:
-            report["mnist_800"].append({"config": [batch, lr, wd, epochs], "skipped": "budget"})
-            continue
-        try:
-            result = run(args.data_dir, "cupy", epochs=epochs, lr=lr, batch_size=batch,
-                         weight_decay=wd, quiet=True)
-        except Exception as e:
-            result = {"config": [batch, lr, wd, epochs], "error": f"{type(e).__name__}: {e}"}
-        report["mnist_800"].append(result)
-        save()
-    save()
-    print_table(report)
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached the orchestrator."""
 
 
-def remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
+# ---- the orchestrator ------------------------------------------------------------------
+
+class Check:
+    """One run: the sections, the budget, the report and where it is written."""
+
+    def __init__(self, sections, out: Path, budget_s: float, data_dir: str | None,
+                 work_dir: Path, dry_run: bool, kill_grace_s: float = KILL_GRACE_S,
+                 command: str | None = None):
+        self.sections = sections
+        self.out, self.work_dir = out, work_dir
+        self.budget_s, self.data_dir, self.dry_run = budget_s, data_dir, dry_run
+        self.kill_grace_s = kill_grace_s
+        self.started = time.monotonic()
+        self.deadline = self.started + budget_s
+        self.report = {
+            "format": FORMAT,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command, "budget_s": budget_s, "dry_run": dry_run,
+            "git": git_facts(), "finished": False, "elapsed_s": 0.0,
+            "device": {}, "copy_bandwidth_GBps": None,
+            "sections": {s.name: {"status": "pending", "what": s.what} for s in sections},
+            "targets": [],
+        }
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        self.report["elapsed_s"] = round(time.monotonic() - self.started, 2)
+        if not self.dry_run:
+            self.report["targets"] = target_checks.evaluate(self.report["sections"])
+        write_json_atomic(self.out / JSON_NAME, self.report)
+
+    def run(self) -> int:
+        self.save()
+        interrupted = None
+        for i, section in enumerate(self.sections):
+            entry = self.report["sections"][section.name]
+            if interrupted:
+                entry.update(status="not run", reason="the check was interrupted")
+                continue
+            try:
+                reserve = sum(s.min_s for s in self.sections[i + 1:])
+                timeout = section_timeout(self.remaining(), section.cap_s, section.min_s,
+                                          reserve)
+                if timeout is None:
+                    entry.update(status="skipped", reason=(
+                        f"budget: {max(0.0, self.remaining()):.0f} s left of "
+                        f"{self.budget_s:.0f}, the section needs {section.min_s:.0f} s"))
+                else:
+                    self.run_section(section, entry, timeout)
+                    self.after_section(section, entry)
+                self.save()
+                self.progress(section, entry)
+            except Interrupted as why:
+                interrupted = str(why)
+                entry.update(status="interrupted", reason=interrupted)
+        # The last write and the table, whatever arrives now.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.report["finished"] = interrupted is None
+        self.save()
+        print_table(self.report, self.sections, self.out / JSON_NAME)
+        return 130 if interrupted else 0
+
+    def run_section(self, section, entry: dict, timeout: float) -> None:
+        """Run one section's process for at most ``timeout`` seconds; fill ``entry``."""
+        partial = self.work_dir / f"{section.name}.partial.json"
+        partial.unlink(missing_ok=True)
+        spec = {"section": section.name, "timeout_s": timeout, "budget_s": soft_budget(timeout),
+                "data_dir": self.data_dir, "work_dir": str(self.work_dir),
+                "out_dir": str(self.out), "partial_path": str(partial),
+                "earlier": {name: e.get("result") for name, e in
+                            self.report["sections"].items() if e.get("result")}}
+        spec_path = self.work_dir / f"{section.name}.context.json"
+        write_json_atomic(spec_path, spec)
+        command = [sys.executable, str(Path(__file__).resolve()), "--section", section.name,
+                   "--context", str(spec_path)] + (["--dry-run"] if self.dry_run else [])
+        log_name = f"{section.name}.log"
+        started = time.monotonic()
+        with open(self.out / log_name, "wb") as log:
+            log.write(f"$ {' '.join(command)}\n(timeout {timeout:.0f} s)\n".encode())
+            log.flush()
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO, env=child_env(),
+                                     process_group=0, preexec_fn=die_with_parent)
+            entry.update(status="running", timeout_s=round(timeout, 1), log=log_name,
+                         pid=child.pid, started_at_s=round(started - self.started, 2))
+            self.save()
+            timed_out = False
+            try:
+                returncode = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                returncode = self.kill(child)
+            except Interrupted:
+                self.kill(child)
+                raise
+            finally:
+                entry["seconds"] = round(time.monotonic() - started, 2)
+                entry["returncode"] = child.returncode
+                saved_status = read_partial(entry, partial)
+        entry.update(classify(returncode, timed_out, saved_status, timeout,
+                              self.out / log_name))
+
+    def kill(self, child) -> int:
+        """End ``child`` and everything in its process group: SIGTERM, then SIGKILL."""
+        for sig, wait in ((signal.SIGTERM, self.kill_grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                return child.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return child.returncode if child.returncode is not None else -9
+
+    def after_section(self, section, entry: dict) -> None:
+        """Lift what the report's header shows (the device) out of the environment."""
+        if section.name == "environment" and isinstance(entry.get("result"), dict):
+            result = entry["result"]
+            if isinstance(result.get("device"), dict):
+                self.report["device"] = result["device"]
+            self.report["copy_bandwidth_GBps"] = result.get("copy_bandwidth_GBps")
+
+    def progress(self, section, entry: dict) -> None:
+        seconds = entry.get("seconds")
+        took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+        why = entry.get("reason") or entry.get("error") or ""
+        print(f"[gpu-check {time.monotonic() - self.started:6.1f}s] {section.name}: "
+              f"{entry['status']}{took}" + (f" ({why.splitlines()[0][:120]})" if why else ""),
+              flush=True)
 
 
-def device_facts(backend) -> dict:
-    cp = backend.xp
-    props = cp.cuda.runtime.getDeviceProperties(0)
-    facts = {"name": backend.device_name, "multiprocessors": props["multiProcessorCount"],
-             "memory_GiB": props["totalGlobalMem"] / 2**30, "numpy": np.__version__,
-             "python": sys.version.split()[0], **cuda_versions()}
+def read_partial(entry: dict, partial: Path) -> str | None:
+    """Merge what the section last saved into ``entry``; the status it saved."""
     try:
-        import torch
+        saved = json.loads(partial.read_text())
+    except (OSError, ValueError):
+        return None
+    entry["result"] = saved.get("result") or {}
+    for key in ("reason", "error", "traceback_tail"):
+        if saved.get(key):
+            entry[key] = saved[key]
+    return saved.get("status")
 
-        facts["torch"] = torch.__version__
-    except ImportError:
-        facts["torch"] = None
+
+def section_timeout(remaining: float, cap: float, minimum: float,
+                    reserve: float) -> float | None:
+    """Seconds a section may run: its cap, within what is left after keeping ``reserve``
+    (the later sections' minimums); an earlier section may still take its own minimum
+    from that reserve (it is the more valuable). None when not even its minimum is left."""
+    available = remaining - reserve
+    if available < minimum:
+        available = remaining
+    timeout = min(cap, available)
+    return timeout if timeout >= minimum else None
+
+
+def classify(returncode, timed_out: bool, saved_status, timeout: float, log: Path) -> dict:
+    """The section's status from how its process ended and what it last saved."""
+    if timed_out:
+        return {"status": "timeout",
+                "reason": f"killed at its {timeout:.0f} s timeout; the result holds what it "
+                          "saved before"}
+    if saved_status in ("ok", "skipped"):
+        if returncode == 0:
+            return {"status": saved_status}
+        # Finished and saved, then died on the way out (a CUDA teardown, say).
+        return {"status": saved_status, "exit_note": f"the process exited with status "
+                f"{returncode} after saving its result"}
+    if saved_status == "failed":
+        return {"status": "failed"}
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = f"the process died of {name}"
+    else:
+        why = f"the process exited with status {returncode} without a result"
+    return {"status": "crashed", "error": why, "log_tail": tail(log)}
+
+
+def tail(path: Path, lines: int = 25, chars: int = 3000) -> str:
     try:
-        facts["nvidia_smi"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    text = "\n".join(text.splitlines()[-lines:])
+    return text[-chars:]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # a killed section's log holds what it printed
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "")
+                                                       .split(os.pathsep) if p])
+    return env
+
+
+def git_facts() -> dict:
+    """The commit measured, where the tree has its .git (the device's copy may not)."""
+    facts = {"commit": None, "modified_files": None}
+    try:
+        facts["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
+                                         capture_output=True, text=True,
+                                         timeout=5).stdout.strip() or None
+        if facts["commit"]:
+            status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=10).stdout
+            facts["modified_files"] = len(status.splitlines())
     except (OSError, subprocess.SubprocessError):
-        facts["nvidia_smi"] = None
+        pass
     return facts
 
 
-def time_loop(step, sync, steps: int, repeats: int = 5) -> float:
-    """Median over ``repeats`` of the wall time per step of ``steps`` back-to-back steps,
-    synchronized at both ends: throughput with launch overhead included, after warm-up."""
-    for _ in range(10):
-        step()
-    sync()
-    per_step = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        per_step.append((time.perf_counter() - started) / steps)
-    return float(np.median(per_step))
+# ---- the table ---------------------------------------------------------------------------
+
+def print_table(report: dict, sections, json_path: Path) -> None:
+    """Sections with status, time and figures, then the targets: printed last, since the
+    device tool returns the end of the output."""
+    rows = []
+    for section in sections:
+        entry = report["sections"].get(section.name, {})
+        rows.append((section.name, entry.get("status", "?"),
+                     f"{entry['seconds']:.1f}" if "seconds" in entry else "-",
+                     f"{entry['timeout_s']:.0f}" if "timeout_s" in entry else "-",
+                     summarize(section, entry)))
+    width = max([len(r[0]) for r in rows] + [7])
+    print()
+    print(f"{'section':<{width}}  {'status':<11} {'seconds':>7} {'timeout':>7}  summary")
+    for name, status, seconds, timeout, text in rows:
+        print(f"{name:<{width}}  {status:<11} {seconds:>7} {timeout:>7}  {text}")
+    targets = report.get("targets") or []
+    if targets:
+        print("\ntargets (issue 12):")
+        for t in targets:
+            mark = {True: "PASS", False: "FAIL"}.get(t.get("pass"), "n/a ")
+            print(f"  {mark}  {t['name']}: {t.get('measured') or t.get('why') or ''}")
+    print(f"\nelapsed {report['elapsed_s']:.0f} s of a {report['budget_s']:.0f} s budget; "
+          f"JSON: {json_path}")
 
 
-def copy_bandwidth(cp, nbytes: int = 2 << 30) -> float:
-    """Device-to-device copy, counting bytes read plus bytes written, in GB/s."""
-    src = cp.random.random(nbytes // 4, dtype=cp.float32)
-    dst = cp.empty_like(src)
-    seconds = time_events(cp, lambda: dst.data.copy_from_device_async(src.data, nbytes),
-                          repeat=20, warmup=3)
-    return 2 * nbytes / seconds / 1e9
-
-
-def run_gpu_tests(out: Path, timeout: float) -> dict:
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider",
-               "-o", "addopts=-ra"]
-    started = time.monotonic()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-        log, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as e:
-        log, code = f"{e.stdout or ''}\nTIMEOUT after {timeout}s", -1
-    (out / "pytest_gpu.log").write_text(log if isinstance(log, str) else log.decode())
-    summary = [line for line in log.splitlines() if " passed" in line or " failed" in line]
-    return {"returncode": code, "summary": summary[-1] if summary else log[-500:],
-            "seconds": time.monotonic() - started}
-
-
-def step_times(backend, batch: int, sizes=STEP_SIZES, tf32: bool = False) -> dict:
-    """Seconds per plain-SGD step (forward, loss, backward, update): gpubp-cupy with its
-    kernels, gpubp-cupy on the reference ops, torch eager; and CuPy pool bytes."""
-    cp = backend.xp
-    rng = np.random.default_rng(0)
-    X = rng.random((batch, sizes[0]), dtype=np.float32)
-    y = rng.integers(0, sizes[-1], batch)
-    steps = 100 if batch <= 4096 else 10
-    pool = cp.get_default_memory_pool()
-    Xd, yd = cp.asarray(X), cp.asarray(y)
-    result = {"batch": batch, "sizes": list(sizes), "tf32": tf32}
-
-    for label, kernels in (("gpubp", True), ("gpubp_reference_ops", False)):
-        pool.free_all_blocks()
-        seconds, used, held = gpubp_step_time(backend, sizes, Xd, yd, steps, kernels)
-        result[f"{label}_s"], result[f"{label}_samples_per_s"] = seconds, batch / seconds
-        if kernels:
-            result["pool_used_bytes_after_steps_1_to_5"] = used
-            result["pool_used_constant_after_step_2"] = len(set(used[1:])) == 1
-            result["pool_total_bytes_after_steps"] = held
-    pool.free_all_blocks()
-    try:
-        result.update(torch_step_time(sizes, X, y, steps, tf32))
-    except ImportError:
-        result["torch_s"] = None
-        return result
-    result["gpubp_over_torch_speed"] = result["torch_s"] / result["gpubp_s"]
-    return result
-
-
-def gpubp_step_time(backend, sizes, X, y, steps, kernels: bool):
-    """(seconds per step, CuPy pool used bytes after each of the first 5 steps, bytes the
-    pool holds after the timed steps: it keeps every block it ever reserved, so this is its
-    peak reservation since the caller's ``free_all_blocks``). ``kernels`` False: the
-    reference ops on CuPy, as with $GPUBP_CUDA_KERNELS=0."""
-    net = gpubp.MLP(sizes, backend=backend, seed=0)
-    if not kernels:
-        net._ops = reference_ops
-    opt = gpubp.SGD(0.01)
-    params = net.parameters()
-    sync = backend.synchronize
-    pool = backend.xp.get_default_memory_pool()
-
-    def step():
-        loss, grads = net.loss_and_grads_prepared(X, y)
-        opt.step(params, [g for pair in grads for g in pair])
-
-    used = []
-    for _ in range(5):
-        step()
-        sync()
-        used.append(pool.used_bytes())
-    seconds = time_loop(step, sync, steps)
-    return seconds, used, pool.total_bytes()
-
-
-def torch_step_time(sizes, X, y, steps, tf32: bool) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    dev = torch.device("cuda")
-    model = torch_mlp(sizes).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(Xt), yt).backward()
-        opt.step()
-
-    torch.cuda.reset_peak_memory_stats()
-    seconds = time_loop(step, torch.cuda.synchronize, steps)
-    return {"torch_s": seconds, "torch_samples_per_s": X.shape[0] / seconds,
-            "torch_max_memory_allocated": torch.cuda.max_memory_allocated()}
-
-
-def tf32_step_times(timeout: float) -> list | dict:
-    """:func:`step_times` with TF32 on both sides, in a child with CUPY_TF32=1 (which CuPy
-    reads when it loads)."""
-    try:
-        done = subprocess.run([sys.executable, __file__, "--step-times-only"],
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "CUPY_TF32": "1"})
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f}s"}
-    if done.returncode != 0:
-        return {"error": done.stderr[-2000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def print_table(report: dict) -> None:
-    """The short table, section by section; a section that failed prints its error."""
-    for part in (_print_device, _print_kernels, _print_steps, _print_mnist):
+def summarize(section, entry: dict) -> str:
+    """The section's own one-line summary, or why there is none."""
+    why = entry.get("reason") or entry.get("error")
+    text = ""
+    if entry.get("result"):
         try:
-            part(report)
-        except (KeyError, TypeError, ValueError) as e:
-            print(f"{part.__name__[7:]}: not available ({type(e).__name__}: {e})")
+            module = importlib.import_module(section.module)
+            text = module.summary(entry)
+        except Exception as e:  # a summary bug must not cost the table
+            text = f"(no summary: {type(e).__name__}: {e})"
+    if why and entry.get("status") != "ok":
+        text = f"{why.splitlines()[0][:100]}" + (f"; {text}" if text else "")
+    return text[:160]
 
 
-def _print_device(report: dict) -> None:
-    d = report["device"]
-    print(f"\n{d['name']}  cupy {d['cupy']}  CUDA {d['cuda_runtime']} (driver {d['cuda_driver']})"
-          f"  torch {d['torch']}")
-    print(f"copy bandwidth (read+write): {report['copy_bandwidth_GBps']:.0f} GB/s")
-    print(f"GPU tests: {report['tests']['summary']} (rc {report['tests']['returncode']})")
+# ---- a section's own process -------------------------------------------------------------
+
+def run_child(name: str, context_path: str, dry_run: bool) -> int:
+    """The child side: run section ``name`` and save how it ended."""
+    section = registry(dry_run)[name]
+    ctx = Context.load(context_path)
+    ctx.save("running")
+    ctx.log(f"started; timeout {ctx.timeout_s:.0f} s, planning within {ctx.budget_s:.0f} s")
+    try:
+        module = importlib.import_module(section.module)
+        getattr(module, section.function)(ctx)
+    except SectionSkipped as why:
+        ctx.log(f"skipped: {why}")
+        ctx.save("skipped", reason=str(why))
+        return 0
+    except BaseException as e:  # recorded with its traceback; the orchestrator goes on
+        entry = error_entry(e)
+        ctx.save("failed", **entry)
+        print(entry["traceback_tail"], file=sys.stderr, flush=True)
+        return 1
+    ctx.save("ok")
+    ctx.log("done")
+    return 0
 
 
-def _print_kernels(report: dict) -> None:
-    kernels = report["kernels"]
-    if "error" in kernels:
-        raise ValueError(kernels["error"])
-    for r in kernels["softmax_xent"]:
-        torch_s = f"{r['speedup_vs_torch']:.2f}x torch" if "speedup_vs_torch" in r else ""
-        print(f"softmax_xent B={r['B']:<5} C={r['C']:<6} {r['path']:<5} {1e6 * r['fused_s']:8.1f} us"
-              f" {r['fused_GBps']:7.0f} GB/s {100 * r.get('fraction_of_copy', 0):5.1f}% of copy"
-              f"  {torch_s}")
-    for r in kernels["sigmoid"]:
-        print(f"sigmoid B={r['B']:<5} N={r['N']:<5} fwd {r['bias_sigmoid_GBps']:6.0f} GB/s "
-              f"bwd {r['sigmoid_backward_GBps']:6.0f} GB/s "
-              f"({100 * r.get('sigmoid_backward_fraction_of_copy', 0):.1f}% of copy), "
-              f"bwd+db {r['sigmoid_backward_dbias_GBps']:6.0f} GB/s")
+# ---- the command line --------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "."),
+                   help="where gpu-check.json and the logs go (default $OUT, else .)")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"seconds for every section together (default {DEFAULT_BUDGET_S:.0f}: "
+                        "two minutes of margin in a 10-minute call)")
+    p.add_argument("--data-dir", default=None,
+                   help="the MNIST .gz files (default $GPUBP_TEST_MNIST, else .mnist)")
+    p.add_argument("--sections", default=None,
+                   help="comma-separated sections, in the order to run (default: all)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run fake sections (sleep, crash, hang...): the orchestration alone")
+    p.add_argument("--source", default=None,
+                   help="the commit measured, for the report (default: git rev-parse HEAD, "
+                        "where the tree has its .git; the device's copy has none)")
+    p.add_argument("--work-dir", default=None, help="scratch files (default: a temp dir)")
+    p.add_argument("--kill-grace-s", type=float, default=KILL_GRACE_S, help=argparse.SUPPRESS)
+    p.add_argument("--section", help=argparse.SUPPRESS)  # the child side
+    p.add_argument("--context", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
-def _print_steps(report: dict) -> None:
-    for key in ("step_time", "step_time_tf32"):
-        rows = report.get(key)
-        if not isinstance(rows, list):
-            print(f"{key}: {rows}")
-            continue
-        print(f"{key}: {'batch':>7} {'gpubp ms':>9} {'ref-ops ms':>10} {'torch ms':>9} "
-              f"{'gpubp/torch':>11} {'pool steady':>11}")
-        for r in rows:
-            torch_ms = f"{1e3 * r['torch_s']:.3f}" if r.get("torch_s") else "-"
-            ratio = f"{r['gpubp_over_torch_speed']:.2f}x" if r.get("torch_s") else "-"
-            print(f"{'':>{len(key) + 1}} {r['batch']:>7} {1e3 * r['gpubp_s']:>9.3f} "
-                  f"{1e3 * r['gpubp_reference_ops_s']:>10.3f} {torch_ms:>9} {ratio:>11} "
-                  f"{str(r['pool_used_constant_after_step_2']):>11}")
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.section:
+        return run_child(args.section, args.context, args.dry_run)
+    known = registry(args.dry_run)
+    default = DEFAULT_FAKE_ORDER if args.dry_run else tuple(s.name for s in SECTIONS)
+    names = [n.strip() for n in args.sections.split(",") if n.strip()] if args.sections \
+        else list(default)
+    unknown = [n for n in names if n not in known]
+    if unknown or len(set(names)) != len(names):
+        print(f"--sections: unknown or repeated {unknown or names}; known: "
+              f"{', '.join(known)}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()  # the sections run in the repository's root
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir).resolve() if args.work_dir else \
+        Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir = str(Path(args.data_dir or os.environ.get("GPUBP_TEST_MNIST") or ".mnist")
+                   .resolve())
+    command = "PYTHONPATH=. python bench/gpu_check.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    check = Check([known[n] for n in names], out, args.budget_s, data_dir, work,
+                  args.dry_run, args.kill_grace_s, command.strip())
+    check.report["source"] = args.source or check.report["git"]["commit"]
 
+    def interrupt(signum, frame):
+        # Once: a second signal must not cut short the kill and the last write.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted(f"the orchestrator got {signal.Signals(signum).name}")
 
-def _print_mnist(report: dict) -> None:
-    print(f"{'mnist config (batch, lr, wd, epochs)':<38} {'best err':>8} {'final':>7} "
-          f"{'reach 1.6%':>10} {'train s':>8}")
-    for r in report.get("mnist_800", []):
-        if "skipped" in r or "error" in r:
-            print(f"{str(r['config']):<38} {r.get('skipped') or r.get('error')}")
-            continue
-        c = r["config"]
-        print(f"{str((c['batch_size'], c['lr'], c['weight_decay'], c['epochs'])):<38} "
-              f"{100 * r['best_test_error']:>7.2f}% {100 * r['final_test_error']:>6.2f}% "
-              f"{str(r['first_epoch_at_reference']):>10} {r['train_seconds_total']:>8.1f}")
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        return check.run()
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

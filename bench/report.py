@@ -52,8 +52,8 @@ files in `bench/results/`; edit the prose around them, not the tables.
 <!-- generated: unplaced -->
 <!-- /generated -->
 """
-GPU_SECTIONS = {"copy_bandwidth_GBps", "tests", "kernels", "step_time", "step_time_tf32",
-                "compare_cuda", "mnist_800"}
+GPU_SECTIONS = {"sections", "copy_bandwidth_GBps", "tests", "kernels", "step_time",
+                "step_time_tf32", "compare_cuda", "mnist_800"}
 PEER_LABELS = {"gemm-only": "gemm-only (the ceiling)"}
 # What a renderer may meet in a file of another shape; anything else is a bug here.
 SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
@@ -472,7 +472,11 @@ def _sweep_table(records, peers, sweep, key, axis, config) -> str:
 
 
 def gpu_check_body(d: dict) -> str:
-    """gpu_check.json, section by section; a section it does not know is shown generically."""
+    """gpu_check.json, section by section; a section it does not know is shown generically.
+    The current format (bench/gpu_check.py, "sections": name → entry) has a renderer of
+    its own; the older one (sections at the top level) is kept for the files in it."""
+    if isinstance(d.get("sections"), dict):
+        return _gpu_check_sections(d)
     parts = []
     known = {"date", "device", "command", "source"}
     for key, value in d.items():
@@ -487,6 +491,195 @@ def gpu_check_body(d: dict) -> str:
             parts.append(f"**{key}** (not in the expected shape: {type(e).__name__}: {e}):\n\n"
                          + _generic_value(value))
     return "\n\n".join(parts)
+
+
+def _gpu_check_sections(d: dict) -> str:
+    """The current gpu_check format: a table of the sections, the targets, then each
+    section's figures."""
+    sections = d["sections"]
+    rows = []
+    for name, entry in sections.items():
+        note = entry.get("reason") or entry.get("error") or ""
+        rows.append([name, str(entry.get("status", "?")), _g(entry.get("seconds")),
+                     _g(entry.get("timeout_s")), _esc(note.splitlines()[0][:160] if note else "")])
+    finished = "" if d.get("finished", True) else " The run did not finish (interrupted)."
+    parts = [f"Budget {_g(d.get('budget_s'))} s, {_g(d.get('elapsed_s'))} s used.{finished} "
+             f"Each section ran in a process of its own; its log is `<section>.log`.\n\n"
+             + _table(["section", "status", "seconds", "timeout s", "note"], rows)]
+    targets = [t for t in d.get("targets") or [] if isinstance(t, dict)]
+    if targets:
+        marks = {True: "pass", False: "**FAIL**", None: "not measured"}
+        parts.append("Targets (issue 12) and checks:\n\n" + _table(
+            ["target", "kind", "result", "measured"],
+            [[_esc(t.get("name")), str(t.get("kind", "")), marks.get(t.get("pass"), "?"),
+              _esc(t.get("measured") or t.get("why") or "")] for t in targets]))
+    for name, entry in sections.items():
+        result = entry.get("result")
+        if not result:
+            continue
+        try:
+            body = _GPU_SECTION_BODIES.get(name, _gpu_generic_section)(result)
+        except SHAPE_ERRORS as e:
+            body = (f"(not in the expected shape: {type(e).__name__}: {e})\n\n"
+                    + _generic_value(result))
+        parts.append(f"**{name}** ({entry.get('status')}): {body}")
+    return "\n\n".join(parts)
+
+
+def _gpu_generic_section(result: dict) -> str:
+    return "\n\n" + _generic_value(result)
+
+
+def _gpu_environment(r: dict) -> str:
+    text = []
+    if r.get("copy_bandwidth_GBps"):
+        copy = r.get("copy") or {}
+        text.append(f"device-to-device copy (bytes read + written) "
+                    f"{r['copy_bandwidth_GBps']:,.0f} GB/s (best {copy.get('best_GBps', 0):,.0f})")
+    for precision, g in (r.get("gemm") or {}).items():
+        if isinstance(g, dict) and g.get("TFLOPs"):
+            text.append(f"{g.get('n')}³ GEMM {precision} {g['TFLOPs']:.1f} TFLOP/s")
+    smi = (r.get("device") or {}).get("nvidia_smi")
+    if isinstance(smi, dict):
+        text.append("nvidia-smi: " + ", ".join(f"{k} {v}" for k, v in smi.items()
+                                              if k not in ("name", "driver_version")))
+    return "; ".join(text) + "." if text else "no figures."
+
+
+def _gpu_tests(r: dict) -> str:
+    text = f"{_esc(r.get('summary') or r.get('counts'))}"
+    if r.get("stopped_early"):
+        text += f" Stopped early: {_esc(r['stopped_early'])}."
+    if r.get("running"):
+        text += f" The process ended inside `{_esc(r['running'])}`."
+    failures = r.get("failures") or []
+    if failures:
+        text += "\n\n" + "\n".join(f"- `{_esc(f.get('nodeid'))}` ({f.get('when')}): "
+                                     f"{_esc(f.get('message'))}" for f in failures)
+    return text
+
+
+_STEP_WAYS = (("gpubp_graph", "gpubp graph"), ("gpubp_eager", "gpubp eager"),
+              ("torch_eager", "PyTorch eager"), ("torch_graph", "PyTorch CUDA graph"),
+              ("torch_compile", "torch.compile"))
+
+
+def _step_cell(cell) -> str:
+    if not isinstance(cell, dict):
+        return "–"
+    if "ms" in cell:
+        return f"{cell['ms']:.3f}"
+    if "skipped" in cell:
+        return "skipped" if "budget" not in str(cell["skipped"]) else "budget"
+    return "failed" if "error" in cell else "–"
+
+
+def _gpu_step(r: dict) -> str:
+    rows = [row for row in r.get("rows") or [] if isinstance(row, dict)]
+    parts = [f"ms per training step (gather, forward, loss, backward, "
+             f"{_esc((r.get('config') or {}).get('optimizer', 'SGD'))}), median of "
+             f"{(r.get('config') or {}).get('repeats', '?')} repeats, CUDA events; "
+             "in brackets PyTorch's time ÷ gpubp-graph's (above 1, gpubp is faster)."]
+    for precision in dict.fromkeys(row.get("precision", "fp32") for row in rows):
+        mine = [row for row in rows if row.get("precision", "fp32") == precision]
+        ways = [(k, label) for k, label in _STEP_WAYS if any(k in row for row in mine)]
+        head = ["net", "batch"] + [f"{label} ms" for _, label in ways] + \
+            ["pool constant", "launches (eager)"]
+        table = []
+        for row in mine:
+            speed = row.get("speedup") or {}
+            cells = []
+            for key, _ in ways:
+                cell = _step_cell(row.get(key))
+                ratio = speed.get(f"gpubp_graph_vs_{key}")
+                if key.startswith("torch") and ratio:
+                    cell += f" ({ratio:.2f}×)"
+                cells.append(cell)
+            pools = [row[k].get("pool_constant_from_step_2") for k in ("gpubp_graph", "gpubp_eager")
+                     if isinstance(row.get(k), dict) and "pool_constant_from_step_2" in row[k]]
+            eager = row.get("gpubp_eager") if isinstance(row.get("gpubp_eager"), dict) else {}
+            launches = (f"{eager['kernel_launches_per_step']} + {eager.get('gemms_per_step')} GEMMs"
+                        if "kernel_launches_per_step" in eager else "–")
+            table.append([str(row.get("net")), f"{row.get('batch', 0):,}"] + cells
+                         + [str(all(pools)) if pools else "–", launches])
+        parts.append(f"{precision.upper()}:\n\n" + _table(head, table))
+    profile = [p for p in r.get("profile") or [] if isinstance(p, dict) and "step_ms" in p]
+    if profile:
+        parts.append(step_profile_body(profile))
+    notes = [f"- {row.get('net')} B={row.get('batch')} {row.get('precision')} {key}: "
+             f"{_esc(row[key].get('error') or row[key].get('skipped'))[:200]}"
+             for row in rows for key, _ in _STEP_WAYS
+             if isinstance(row.get(key), dict) and ("error" in row[key] or (
+                 "skipped" in row[key] and "budget" not in str(row[key]["skipped"])))]
+    if notes:
+        parts.append("Not measured:\n\n" + "\n".join(notes[:20]))
+    return "\n\n".join(parts)
+
+
+def _gpu_kernels(r: dict) -> str:
+    copy = r.get("copy_bandwidth_GBps")
+    parts = [f"CUDA events, median; fractions of the copy bandwidth "
+             f"({_g(copy)} GB/s, {_esc(r.get('copy_bandwidth_source'))})."]
+    xent = [x for x in r.get("softmax_xent") or [] if isinstance(x, dict)]
+    if xent:
+        parts.append(_table(
+            ["B", "C", "path", "fused CE GB/s", "of copy", "with bias, db, loss sum GB/s",
+             "of copy", "PyTorch fwd+bwd ms", "speedup"],
+            [[f"{x['B']:,}", f"{x['C']:,}", str(x.get("path", "–")), _g(x.get("fused_GBps")),
+              _pct(x.get("fraction_of_copy")), _g(x.get("bias_GBps")),
+              _pct(x.get("bias_fraction_of_copy")), _ms(x.get("torch_s")),
+              "–" if x.get("speedup_vs_torch") is None else f"{x['speedup_vs_torch']:.2f}×"]
+             if "fused_GBps" in x else
+             [f"{x['B']:,}", f"{x['C']:,}", _esc(x.get("error") or x.get("skipped"))[:80]]
+             + [""] * 6 for x in xent]))
+    sig = [x for x in r.get("sigmoid") or [] if isinstance(x, dict)]
+    if sig:
+        parts.append(_table(
+            ["B", "N", "bias_sigmoid GB/s", "sigmoid_backward GB/s", "with dbias GB/s",
+             "with dbias, of copy", "PyTorch σ' + column sum ms", "speedup"],
+            [[f"{x['B']:,}", f"{x['N']:,}", _g(x.get("bias_sigmoid_GBps")),
+              _g(x.get("sigmoid_backward_GBps")), _g(x.get("sigmoid_backward_dbias_GBps")),
+              _pct(x.get("sigmoid_backward_dbias_fraction_of_copy")), _ms(x.get("torch_dbias_s")),
+              "–" if x.get("dbias_speedup_vs_torch") is None
+              else f"{x['dbias_speedup_vs_torch']:.2f}×"]
+             if "bias_sigmoid_GBps" in x else
+             [f"{x['B']:,}", f"{x['N']:,}", _esc(x.get("error") or x.get("skipped"))[:80]]
+             + [""] * 5 for x in sig]))
+    return "\n\n".join(parts)
+
+
+def _gpu_mnist(r: dict) -> str:
+    reference = r.get("numpy_reference") or {}
+    rows = []
+    for run in r.get("runs") or []:
+        done = "yes" if run.get("completed") else f"stopped at {run.get('epochs_done')}"
+        rows.append([str(run.get("precision")), done, _g(run.get("fit_wall_s")),
+                     _g(run.get("first_epoch_s")), _g(run.get("median_epoch_s")),
+                     _pct(run.get("final_test_error")),
+                     "yes" if run.get("graphs_turned_off") else "no"])
+    text = (f"784-800-10, {_esc((r.get('config') or {}).get('epochs'))} epochs, B="
+            f"{_esc((r.get('config') or {}).get('batch_size'))}; NumPy's final test error "
+            f"{_pct(reference.get('final_test_error'))} ({_esc(reference.get('source'))}).")
+    if rows:
+        text += "\n\n" + _table(["precision", "finished", "fit s", "first epoch s",
+                                  "median epoch s", "final test error", "graphs off"], rows)
+    if r.get("tf32_skipped"):
+        text += f"\n\nTF32 not run: {_esc(r['tf32_skipped'])}."
+    return text
+
+
+def _gpu_data_parallel(r: dict) -> str:
+    if r.get("max_relative_difference") is None:
+        return _esc((r.get("mpi") or {}).get("why_not") or "no comparison")
+    return (f"2 ranks against 1: max relative difference of the weights "
+            f"{r['max_relative_difference']:.2e} (tolerance {r.get('tolerance')}), of the "
+            f"losses {r.get('max_loss_difference', 0):.2e}; reduction "
+            f"{_esc(r.get('device_reduction'))}.")
+
+
+_GPU_SECTION_BODIES = {"environment": _gpu_environment, "tests": _gpu_tests, "step": _gpu_step,
+                       "kernels": _gpu_kernels, "mnist": _gpu_mnist,
+                       "data_parallel": _gpu_data_parallel}
 
 
 def _gpu_section(key, value) -> str:
