@@ -8,7 +8,6 @@ a step; nothing allocated after warm-up; the graph self-check and the capture fa
 back to eager launches with a warning. Timings need a GPU (bench/gpu_check.py).
 """
 
-import sys
 import warnings
 from types import SimpleNamespace
 
@@ -19,7 +18,7 @@ import gpubp
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.step import NumpyStepper
 
-from cuda_emulator import DeviceArray, Emulator, compiler, device, fake_cupy
+from cuda_emulator import DeviceArray, Emulator, compiler, device, emulate, emulated_cupy
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to build the emulation")
 
@@ -52,7 +51,7 @@ class Graph:
 
 
 def fake_cuda_cupy(capture: Capture):
-    cupy = fake_cupy()
+    cupy = emulated_cupy()
 
     class Stream:
         def __init__(self, non_blocking=False):
@@ -92,6 +91,9 @@ class FakeCublas:
     def __init__(self, stream, tf32=False):
         self.capture = FakeCublas.capture
 
+    def close(self):
+        pass
+
     def matmul(self, a, b, out, alpha=1.0, beta=0.0):
         def gemm():
             product = alpha * (np.asarray(a) @ np.asarray(b))
@@ -112,15 +114,12 @@ def cuda(emulator, monkeypatch):
 
     capture = Capture()
     cupy = fake_cuda_cupy(capture)
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setattr(cuda_kernels, "_sm_count", lambda: 2)
-    monkeypatch.setattr(cuda_kernels, "_default_scratch", {})
 
     def function(name, source):
         run = emulator.function(name, source)
         return lambda grid, block, args: capture.run_or_record(lambda: run(grid, block, args))
 
-    monkeypatch.setattr(cuda_kernels, "_function", function)
+    emulate(monkeypatch, function, cupy)
     FakeCublas.capture, FakeCublas.calls = capture, []
     monkeypatch.setattr(cuda_step, "Cublas", FakeCublas)
     return SimpleNamespace(cupy=cupy, capture=capture, step=cuda_step)

@@ -142,6 +142,13 @@ class CudaStepper:
             with self.stream:
                 self.first_loss.array[...] = self.scratch.loss_sum[0] / global_rows
 
+    def close(self) -> None:
+        """Release the graphs, then the cuBLAS handle and its workspace (after the stream's
+        work is done: graphs captured with them may still be running)."""
+        self.stream.synchronize()
+        self._graphs.clear()
+        self.cublas.close()
+
     # ---- the launches of one step ----------------------------------------------------
 
     def _launch(self, work: Workspace, global_rows: int) -> None:

@@ -53,6 +53,9 @@ class NumpyStepper:
         self.loss_sum[...] = loss_sum
         self.first_loss[...] = 0.0 if first_loss is None else first_loss
 
+    def close(self) -> None:
+        """Nothing to release on NumPy (the CUDA stepper's counterpart)."""
+
     def finish_epoch(self) -> float:
         """The epoch's Σ_rows loss (over every rank's rows)."""
         if self.comm.size > 1:
