@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.peers import PEERS, select
 from bench.worker import RESULT_PREFIX
+from gpubp import blas_libraries, onednn
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -242,9 +243,12 @@ def summarize(outcomes: list, rows: int) -> dict:
     if len(measured) < len(outcomes):
         record["rounds_not_measured"] = [o.get("reason") for o in outcomes
                                          if o["status"] != "measured"]
-    for key in ("warmup_s", "pool_used_bytes_per_epoch", "device_peak_reserved_bytes"):
+    for key in ("warmup_s", "pool_used_bytes_per_epoch", "device_peak_reserved_bytes",
+                "library", "per_library_epoch_s"):
         if key in measured[-1]:
             record[key] = measured[-1][key]
+    if measured[-1].get("blas") is not None:  # what gpubp ran its GEMMs on, and why
+        record["blas"] = [o.get("blas") for o in measured]
     return record
 
 
@@ -283,8 +287,12 @@ def machine_facts(threads: int) -> dict:
         blas = f"{blas['name']} {blas.get('version', '')}".strip()
     except Exception:
         blas = None
+    flags = onednn.cpu_flags()
     return {"node": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
+            "gemm_libraries": blas_libraries.installed(),
+            "cpu_bf16": sorted(f for f in onednn.BF16_CPU_FLAGS if f in flags),
+            "cpu_vendor_flags": sorted(f for f in ("avx2", "avx512f", "amx_tile") if f in flags),
             "platform": platform.platform()}
 
 
@@ -328,11 +336,36 @@ def format_table(report: dict) -> str:
     for name, info in report["peers"].items():
         if info["status"] != "measured":
             lines.append(f"{name}: {info['status']} ({info['reason']})")
+    for r in report["results"]:
+        if r["status"] == "measured" and (r.get("blas") or r.get("library")):
+            lines.append(f"{r['peer']} {hidden_label(r)} B={r['batch_size']}: "
+                         f"{gemm_choice_line(r)}")
     failed = [r for r in report["results"] if r["status"] == "failed"
               and report["peers"][r["peer"]]["status"] == "measured"]
     for r in failed:
         lines.append(f"{r['peer']} at {r['sizes']} B={r['batch_size']}: failed ({r['reason']})")
     return "\n".join(lines)
+
+
+def gemm_choice_line(r: dict) -> str:
+    """Which GEMM library a gpubp row (or the ceiling) ran on, and why, in a few words."""
+    if r.get("library"):  # gemm-only: the fastest library at this point
+        medians = {n: float(np.median(t)) for n, t in r["per_library_epoch_s"].items()}
+        return f"ceiling on {r['library']} (median epoch s: " + ", ".join(
+            f"{n} {t:.3f}" for n, t in sorted(medians.items(), key=lambda x: x[1])) + ")"
+    said = []
+    for report in r["blas"]:
+        if report is None:
+            continue
+        if report.get("precision") == "bf16":
+            said.append("bf16 on oneDNN's matmul (" + ", ".join(report.get("bf16_kernels", []))
+                        + ")")
+        elif report.get("reason"):
+            said.append(f"{report['in_use']} ({report['reason']})")
+        else:
+            for c in report.get("choices", []):
+                said.append(f"{c['library']} ({c['source']}: {c['reason']})")
+    return "; ".join(dict.fromkeys(said)) or "?"
 
 
 def plot(report: dict, path: Path) -> str | None:

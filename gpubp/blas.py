@@ -1,33 +1,55 @@
-"""Matrix products for the NumPy backend: Intel MKL's GEMM where it is installed.
+"""Matrix products for the NumPy backend, on the GEMM library that is fastest on this machine.
 
-NumPy's wheels bring OpenBLAS. On the training step's shapes (a batch of a few hundred
-rows against 1024-wide layers) MKL's sgemm is about a quarter faster on the x86 CPUs we
-measured, and the GEMMs are most of a CPU step. So when the ``mkl`` package is installed
-(``pip install "gpubp[mkl]"``), :func:`matmul` calls its ``cblas_sgemm``/``cblas_dgemm``
-through ctypes on the arrays' own memory, with the transposes the arrays already have,
-and :func:`axpby` (the SGD update) its ``cblas_?axpby``. Otherwise, or with
-``GPUBP_BLAS=numpy``, they are NumPy operations. :mod:`gpubp.cpu_kernels` takes MKL's
-vector math (VML) from the same library.
+Up to three libraries can run the step's GEMMs: NumPy's own BLAS (OpenBLAS in its wheels,
+``"numpy"``), Intel MKL (``pip install "gpubp[mkl]"``, ``"mkl"``) and oneDNN's float32
+``dnnl_sgemm`` (``pip install "gpubp[onednn]"``, ``"onednn"``). Which one is fastest depends
+on the CPU and on the shapes (MKL leads on Intel Xeons and at small batches; on AMD EPYC it
+falls behind the others at large ones: docs/cpu.md), so nothing is assumed from what is
+installed. :func:`matmul` calls the libraries through ctypes on the arrays' own memory,
+with the transposes the arrays already have, and takes each product's library from
+:mod:`gpubp.blas_choice`, which times the candidates on the step's own GEMM shapes once per
+machine and caches the choice on disk. ``$GPUBP_BLAS=mkl|numpy|onednn`` forces one library.
+
+Tiny products (under :data:`SINGLE_THREAD_WORK` multiply-adds) run on one thread: their
+threads cost more to wake than they save. They are never timed, and run on the library
+the last measured choice picked (NumPy's until one is), so that a small network never
+loads MKL at all.
+
+Inside ``with gemm_precision("bf16")`` float32 products run instead on oneDNN's matmul
+with bf16 inputs and fp32 accumulation (:class:`gpubp.onednn.Bf16Matmul`).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import functools
-import logging
 import os
-import sys
-from pathlib import Path
+import threading
 
 import numpy as np
 
-log = logging.getLogger("gpubp")
+from gpubp import blas_choice, onednn
+from gpubp.blas_libraries import (
+    ENV_VAR, LIBRARIES, MAX_INT, Library, LibraryUnavailable, installed, library, numpy_gemm,
+    plan as _plan, signature,
+)
+from gpubp.errors import BackendError
 
-ENV_VAR = "GPUBP_BLAS"
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-_LP64 = 0  # MKL_INTERFACE_LP64
-MAX_INT = 2**31 - 1  # MKL_INT's largest value in LP64
+MODES = ("auto",) + LIBRARIES
+PRECISIONS = ("fp32", "bf16")
+# A GEMM of fewer multiply-adds (m·n·k) runs on one thread: waking a second costs more
+# than it saves (MKL threads even the tiniest product). Measured in docs/cpu.md;
+# OpenBLAS applies the same bound itself.
+SINGLE_THREAD_WORK = 1 << 18
+VML_MIN_VALUES = 1 << 14  # fewer values: VML's two ctypes calls cost more than it saves
 
+__all__ = ["matmul", "axpby", "gemm_precision", "check_precision", "forced", "reset", "report",
+           "info", "name", "threads", "has_mkl", "fuses_update", "vml_library", "mkl_library",
+           "library", "installed", "signature", "Library", "LibraryUnavailable", "ENV_VAR",
+           "MAX_INT", "SINGLE_THREAD_WORK"]
+
+
+# ---- the products --------------------------------------------------------------------------
 
 def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
     """out = alpha · a @ b + beta · out for 2-D NumPy arrays; a: (m, k), b: (k, n), out:
@@ -35,163 +57,242 @@ def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
     step.
 
     a and b may be transposed views (``W.T``): they are passed as transposed operands,
-    never copied. Arrays MKL cannot take as they are go to NumPy.
+    never copied. Arrays no library can take as they are go to NumPy.
     """
     if out.ndim == 2 and not out.flags.c_contiguous and out.T.flags.c_contiguous:
         matmul(b.T, a.T, out.T, alpha, beta)  # a column-major out: outᵀ = bᵀ aᵀ
         return out
+    if (alpha == 1.0 and beta == 0.0 and _state.bf16 is None and _state.mode is not None
+            and _state.active.name == "numpy" and a.ndim == 2 and b.ndim == 2
+            and a.shape[0] * a.shape[1] * b.shape[1] < SINGLE_THREAD_WORK):
+        return np.matmul(a, b, out=out)  # tiny, on NumPy's BLAS: its own call is the cheapest
     plan = _plan(a, b, out)
     if plan is None:
-        if alpha == 1.0 and beta == 0.0:
-            return np.matmul(a, b, out=out)
-        product = np.matmul(a, b)
-        product *= alpha
-        if beta == 0.0:
-            np.copyto(out, product)  # as in BLAS, beta = 0 ignores what out held
-        else:
-            if beta != 1.0:
-                out *= beta
-            out += product
-        return out
-    gemm, (trans_a, lda), (trans_b, ldb) = plan
-    (m, k), n = a.shape, b.shape[1]
-    gemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a.ctypes.data, lda,
-         b.ctypes.data, ldb, beta, out.ctypes.data, n)
+        return numpy_gemm(a, b, out, alpha, beta)
+    if _state.bf16 is not None and plan[0] == np.float32:
+        return _state.bf16(a, b, out, alpha, beta)
+    lib, single_thread = _state.library_for(plan, beta != 0.0)
+    lib.gemm(plan, a, b, out, alpha, beta, single_thread)
     return out
 
 
-def _plan(a, b, out):
-    """(GEMM function, layout of a, layout of b) when MKL can take the arrays as they are."""
-    gemm = _gemm(a.dtype)
-    if (gemm is None or b.dtype != a.dtype or out.dtype != a.dtype or not out.flags.c_contiguous
-            or 0 in a.shape + b.shape or a.shape[1] != b.shape[0]
-            or out.shape != (a.shape[0], b.shape[1])):
-        return None
-    layout_a, layout_b = _layout(a), _layout(b)
-    if layout_a is None or layout_b is None:
-        return None
-    if max(*a.shape, b.shape[1], layout_a[1], layout_b[1]) > MAX_INT:
-        return None
-    return gemm, layout_a, layout_b
-
-
 def axpby(a: float, x, b: float, y) -> None:
-    """y ← a·x + b·y in place, for NumPy arrays of one shape and dtype: one pass with MKL."""
-    lib = _mkl()
-    if (lib is not None and x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous
+    """y ← a·x + b·y in place, for NumPy arrays of one shape and dtype: one pass on the
+    library in use (MKL's or OpenBLAS's axpby), else two NumPy operations."""
+    if (x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous
             and y.flags.c_contiguous and x.dtype in (np.float32, np.float64)
-            and x.size <= MAX_INT):
-        fn = lib.cblas_saxpby if x.dtype == np.float32 else lib.cblas_daxpby
-        fn(x.size, a, x.ctypes.data, 1, b, y.ctypes.data, 1)
+            and (_configured().active.axpby(a, x, b, y) or _state.numpy_axpby(a, x, b, y))):
         return
     if b != 1:
         y *= b
     y += a * x
 
 
-def has_mkl() -> bool:
-    """Whether :func:`matmul` and :func:`axpby` run on MKL."""
-    return _mkl() is not None
+# ---- which library -------------------------------------------------------------------------
+
+class _State:
+    """The process's library choices: forced by $GPUBP_BLAS, or per shape class by the
+    chooser; the library the last choice picked (for tiny and undecided products); and
+    the bf16 product while a ``gemm_precision("bf16")`` block runs. Configured at first
+    use, so that importing gpubp loads no library and reads no environment."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.bf16 = None
+        self.mode = None
+
+    def configure(self):
+        mode = os.environ.get(ENV_VAR, "auto")
+        if mode not in MODES:
+            raise ValueError(f"{ENV_VAR}: expected one of {', '.join(MODES)}, got {mode!r}")
+        self.forced = None if mode == "auto" else library(mode)
+        self.active = self.forced or library("numpy")
+        self.by_signature: dict = {}  # (dtype, transposes, m, n, k, accumulate) -> Library
+        self._chooser = None
+        self.mode = mode
+        return self
+
+    @property
+    def chooser(self) -> blas_choice.Chooser:
+        if self._chooser is None:
+            self._chooser = blas_choice.Chooser()
+        return self._chooser
+
+    def library_for(self, plan, accumulate: bool):
+        """(library, single thread) for one product; ``accumulate``: beta ≠ 0."""
+        if self.mode is None:
+            self.configure()
+        dtype, _, _, m, n, k = plan
+        tiny = m * n * k < SINGLE_THREAD_WORK
+        if self.forced is not None:
+            if dtype == np.float64 and not self.forced.float64:
+                return library("numpy"), tiny
+            return self.forced, tiny
+        if tiny:
+            lib = self.active
+            return (lib if dtype == np.float32 or lib.float64 else library("numpy")), True
+        key = (dtype.char, plan[1][0], plan[2][0], m, n, k, accumulate)
+        lib = self.by_signature.get(key)
+        if lib is None:
+            with self.lock:
+                shape_class = signature(plan, accumulate)
+                lib = library(self.chooser.library_for(shape_class))
+                if self.chooser.decided(shape_class):
+                    self.by_signature[key] = lib
+                    self.active = lib
+        return lib, False
+
+    def numpy_axpby(self, a, x, b, y) -> bool:
+        lib = library("numpy")
+        return lib is not self.active and lib.axpby(a, x, b, y)
 
 
-def name() -> str:
-    """Which library :func:`matmul` uses, e.g. "mkl 2026.0.2" or "numpy (OpenBLAS 0.3.31)"."""
-    if _mkl() is not None:
-        return f"mkl {_mkl_version()}"
-    config = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return f"numpy ({config.get('name', '?')} {config.get('version', '?')})"
+def _configured() -> _State:
+    return _state if _state.mode is not None else _state.configure()
 
 
-def threads() -> int | None:
-    """The threads :func:`matmul`'s library runs on (None where it cannot be asked)."""
-    if _mkl() is not None:
-        return int(_mkl().MKL_Get_Max_Threads())
-    libs = Path(np.__file__).parent.with_name("numpy.libs")  # NumPy's own OpenBLAS
-    for candidate in sorted(libs.glob("*openblas*.so*")):
-        try:
-            lib = ctypes.CDLL(str(candidate))
-        except OSError:
-            continue
-        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                       "openblas_get_num_threads"):
-            if hasattr(lib, symbol):
-                return int(getattr(lib, symbol)())
-    return None
+def reset() -> None:
+    """Forget this process's choices and read $GPUBP_BLAS again (tests, benchmarks)."""
+    with _state.lock:
+        _state.mode = None
 
 
-def _layout(a):
-    """(CBLAS transpose flag, leading dimension) for a 2-D array, or None if it has none."""
-    if a.ndim != 2 or a.dtype not in (np.float32, np.float64):
-        return None
-    item = a.itemsize
-    rows, cols = a.shape
-    row_stride, col_stride = a.strides
-    if (col_stride == item or cols == 1) and row_stride % item == 0 and row_stride >= max(1, cols) * item:
-        return _NO_TRANS, row_stride // item
-    if (row_stride == item or rows == 1) and col_stride % item == 0 and col_stride >= max(1, rows) * item:
-        return _TRANS, col_stride // item
-    return None
+@contextlib.contextmanager
+def forced(name: str):
+    """Run the block's products on library ``name`` (as $GPUBP_BLAS=name would)."""
+    _configured()
+    previous = (_state.mode, _state.forced, _state.active)
+    lib = library(name)
+    _state.mode, _state.forced, _state.active = name, lib, lib
+    try:
+        yield lib
+    finally:
+        _state.mode, _state.forced, _state.active = previous
 
 
-def _gemm(dtype):
-    lib = _mkl()
-    if lib is None:
-        return None
-    return lib.cblas_sgemm if dtype == np.float32 else lib.cblas_dgemm if dtype == np.float64 else None
+@contextlib.contextmanager
+def gemm_precision(precision: str = "fp32"):
+    """Run the block's float32 products with bf16 inputs and fp32 accumulation
+    (``"bf16"``) or in full fp32 (``"fp32"``, which changes nothing).
+
+    Raises gpubp.BackendError when bf16 cannot run on this machine at full speed: no
+    AVX512_BF16 or AMX, or no oneDNN. It is never emulated.
+    """
+    check_precision(precision)
+    if precision == "fp32":
+        yield
+        return
+    previous = _state.bf16
+    _state.bf16 = bf16_matmul()
+    try:
+        yield
+    finally:
+        _state.bf16 = previous
+
+
+def check_precision(precision) -> str:
+    """``precision`` if it can run here; ValueError for an unknown one, gpubp.BackendError
+    saying why for bf16 where the CPU or oneDNN cannot run it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        reason = onednn.bf16_unavailable()
+        if reason is not None:
+            raise BackendError(f"precision 'bf16': {reason}")
+    return precision
 
 
 @functools.lru_cache(maxsize=1)
-def _mkl():
-    """MKL's runtime library with typed GEMM, axpby and VML entry points, or None."""
-    choice = os.environ.get(ENV_VAR, "auto")
-    if choice not in ("auto", "mkl", "numpy"):
-        raise ValueError(f"{ENV_VAR}: expected auto, mkl or numpy, got {choice!r}")
-    if choice == "numpy":
+def bf16_matmul():
+    """The process's :class:`gpubp.onednn.Bf16Matmul` (after :func:`check_precision`)."""
+    check_precision("bf16")
+    return onednn.Bf16Matmul()
+
+
+# ---- what is in use ------------------------------------------------------------------------
+
+def has_mkl() -> bool:
+    """Whether MKL is installed and not switched off by $GPUBP_BLAS."""
+    return _configured().mode in ("auto", "mkl") and "mkl" in installed()
+
+
+def fuses_update() -> bool:
+    """Whether :func:`matmul`'s alpha and beta run inside the GEMM (so that an SGD update
+    folded into the gradient's GEMM saves a pass over the weights): true on every library
+    reached through ctypes, false only on ``numpy.matmul``."""
+    lib = _configured().active
+    return not (lib.name == "numpy" and not lib._gemm)
+
+
+def name() -> str:
+    """The library in use, e.g. "mkl 2026.0.2" or "numpy (scipy-openblas 0.3.31)": the
+    forced one, else the one the last choice picked (NumPy's before any)."""
+    return _configured().active.describe()
+
+
+def threads() -> int | None:
+    """The threads the library in use runs on (None where it cannot be asked)."""
+    return _configured().active.threads()
+
+
+def report() -> dict:
+    """What this process uses and why: the mode ($GPUBP_BLAS), the libraries installed,
+    the single-thread bound, and each choice made or read from the cache (its shape
+    classes, the library, the seconds measured for each candidate, and the reason)."""
+    _configured()
+    out = {"mode": _state.mode, "forced": _state.forced.describe() if _state.forced else None,
+           "in_use": name(), "threads": threads(), "installed": installed(),
+           "single_thread_work": SINGLE_THREAD_WORK,
+           "precision": "bf16" if _state.bf16 is not None else "fp32"}
+    if bf16_matmul.cache_info().currsize:  # the bf16 mode has run
+        out["bf16_kernels"] = sorted(bf16_matmul().kernels)
+    if _state.forced is not None:
+        out["reason"] = f"{ENV_VAR}={_state.mode}"
+    elif _state._chooser is not None:
+        out.update(_state.chooser.report())
+    return out
+
+
+def info() -> dict:
+    """For ``gpubp info``: how the GEMM library is chosen, what is installed, the cache file
+    and the choices it holds for this machine (each with a one-line ``summary`` of why), and
+    whether bf16 can run here."""
+    state = _configured()
+    if state.forced is not None:
+        mode = f"forced by {ENV_VAR}={state.mode}"
+        choices = []
+    else:
+        mode = (f"auto: each step's GEMM shapes timed once on every installed library, the "
+                f"fastest kept; one thread under {SINGLE_THREAD_WORK:,} multiply-adds")
+        choices = blas_choice.cached_choices()
+    reason = onednn.bf16_unavailable()
+    return {"blas_mode": mode,
+            "blas_libs": ", ".join(f"{n} {v}" for n, v in installed().items()),
+            "blas_cache": str(blas_choice.cache_path()), "blas_choices": choices,
+            "bf16": (f"yes (oneDNN {onednn.version()})" if reason is None else f"no: {reason}")}
+
+
+def vml_library(size: int):
+    """The MKL :class:`Library` whose vector math (VML, ``bias_sigmoid``) should run σ on
+    ``size`` values, or None for NumPy's: VML where MKL runs the products (forced, or
+    chosen and VML measured faster for this size class by :mod:`gpubp.blas_choice`).
+    VML runs on MKL's threads, so it is never mixed with another library's GEMMs."""
+    if _configured().active.name != "mkl" or not VML_MIN_VALUES <= size <= MAX_INT:
         return None
-    lib = None
-    for directory in (Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"):
-        for candidate in sorted(directory.glob("libmkl_rt.so*")):
-            try:
-                lib = ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
-                break
-            except OSError as e:
-                log.debug("gpubp: could not load %s: %s", candidate, e)
-        if lib is not None:
-            break
-    if lib is None:
-        if choice == "mkl":
-            raise ImportError(f"{ENV_VAR}=mkl, but MKL's libmkl_rt is not installed in "
-                              f"{sys.prefix}/lib (pip install 'gpubp[mkl]')")
+    if _state.forced is None and not _state.chooser.vector_math(size):
         return None
-    # The declarations below take 32-bit integers: MKL's LP64 interface, whatever
-    # $MKL_INTERFACE_LAYER says. Another library may already have fixed it otherwise.
-    if lib.MKL_Set_Interface_Layer(_LP64) != _LP64:
-        log.warning("gpubp: MKL's LP64 interface could not be set; using NumPy's BLAS")
-        return None
-    for fn, real in ((lib.cblas_sgemm, ctypes.c_float), (lib.cblas_dgemm, ctypes.c_double)):
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int] * 6 + [real, ctypes.c_void_p, ctypes.c_int,
-                                            ctypes.c_void_p, ctypes.c_int, real,
-                                            ctypes.c_void_p, ctypes.c_int]
-    for fn, real in ((lib.cblas_saxpby, ctypes.c_float), (lib.cblas_daxpby, ctypes.c_double)):
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int, real,
-                       ctypes.c_void_p, ctypes.c_int]
-    for fn in (lib.vsExp, lib.vdExp, lib.vsInv, lib.vdInv):  # VML: y[i] = f(x[i]), i < n
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]  # n: 32-bit MKL_INT
-    return lib
+    return _state.active
 
 
 def mkl_library():
     """MKL's runtime library through ctypes, with the GEMM, axpby and VML ``Exp``/``Inv``
-    entry points typed; None when MKL is not installed or $GPUBP_BLAS is "numpy"."""
-    return _mkl()
+    entry points typed; None when MKL is not installed or $GPUBP_BLAS excludes it."""
+    if not has_mkl():
+        return None
+    try:
+        return library("mkl").lib
+    except LibraryUnavailable:
+        return None
 
 
-def _mkl_version() -> str:
-    lib = _mkl()
-    buffer = ctypes.create_string_buffer(256)
-    lib.MKL_Get_Version_String(buffer, len(buffer))
-    words = buffer.value.decode(errors="replace").split()
-    return next((w.split("-")[0] for w in words if w[:1].isdigit()), "?")
+_state = _State()

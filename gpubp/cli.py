@@ -1,4 +1,4 @@
-"""The ``gpubp`` command: ``train``, ``eval``, ``predict``, ``plot`` and ``info``.
+"""The ``gpubp`` command: ``train``, ``eval``, ``predict``, ``export``, ``plot`` and ``info``.
 
 Output: human-readable lines go to stdout, or to stderr with ``--json``, so that stdout
 then holds exactly one JSON object (``{"error": {"type", "message"}}`` on failure, with a
@@ -26,10 +26,12 @@ import gpubp
 from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
+from gpubp.distributed import get_communicator, under_mpi_launcher
 from gpubp.datasets.files import CsvFormat, csv_header, iter_csv, load_file, read_table
 from gpubp.datasets.npz import npz_names, read_npz
 from gpubp.datasets.preprocessing import make_scaler, stratified_split
-from gpubp.errors import CheckpointError, DataError, GpubpError, TrainingInterrupted
+from gpubp.errors import (BackendError, CheckpointError, DataError, GpubpError,
+                          TrainingInterrupted)
 from gpubp.fileio import (atomic_writer, check_writable, is_same_file, open_regular,
                           user_cache_dir)
 from gpubp.metrics import confusion_matrix, format_report, report
@@ -56,20 +58,26 @@ def main(argv=None) -> int:
     as_json = getattr(args, "json", False)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
+    # Under mpiexec every rank runs this; rank 0 alone prints, saves and logs.
+    args.comm = get_communicator("auto") if under_mpi_launcher() else None
+    agreed = False  # an exit every rank takes together (an interrupted run)
     try:
-        return args.run(args)
+        code = args.run(args)
     except TrainingInterrupted as e:
-        return _fail(args, e, e.exit_code, as_json, prefix="")
+        code, agreed = _fail(args, e, e.exit_code, as_json, prefix=""), True
     except KeyboardInterrupt:
         error = KeyboardInterrupt("interrupted by SIGINT; nothing was saved"
                                   + (" (--checkpoint-dir makes a run resumable)"
                                      if args.command == "train" else ""))
-        return _fail(args, error, 130, as_json)
+        code = _fail(args, error, 130, as_json)
     except MemoryError as e:
         error = MemoryError(f"out of memory{f' ({e})' if str(e) else ''}")
-        return _fail(args, error, 1, as_json)
+        code = _fail(args, error, 1, as_json)
     except (GpubpError, ValueError, TypeError, OSError, ImportError) as e:
-        return _fail(args, e, 1, as_json)
+        code = _fail(args, e, 1, as_json)
+    if args.comm is not None:  # a rank that fails alone ends the job, not hangs it
+        code = args.comm.finish(code, agreed=agreed)
+    return code
 
 
 def _fail(args, error: BaseException, code: int, as_json: bool, prefix: str = "error: ") -> int:
@@ -77,9 +85,14 @@ def _fail(args, error: BaseException, code: int, as_json: bool, prefix: str = "e
     message = str(error) if not isinstance(error, OSError) or not error.filename else \
         f"{error.filename}: {error.strerror}"
     print(f"gpubp {args.command}: {prefix}{message}", file=sys.stderr)
-    if as_json:
+    if as_json and _is_root(args):
         print(json.dumps({"error": {"type": type(error).__name__, "message": message}}))
     return code
+
+
+def _is_root(args) -> bool:
+    comm = getattr(args, "comm", None)
+    return comm is None or comm.is_root
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--validation", type=float, default=None,
                        help="fraction of the training rows held out for validation")
     train.add_argument("--dtype", choices=DTYPES, default=None, help="default float32")
+    train.add_argument("--precision", choices=("fp32", "bf16", "tf32"), default=None,
+                       help="bf16: the GEMMs with bf16 inputs and fp32 accumulation, on CPUs "
+                            "with AVX512_BF16 or AMX; tf32: cuBLAS's TF32 tensor cores, on "
+                            "a GPU (default fp32)")
+    train.add_argument("--no-cuda-graphs", action="store_true", default=None,
+                       help="launch every step eagerly on a GPU (as $GPUBP_CUDA_GRAPHS=0)")
     train.add_argument("--seed", type=int, default=None, help="default 0")
     train.add_argument("--save", metavar="PATH",
                        help="write the trained model here (checked before training)")
@@ -155,6 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_csv_arguments(predict)
     predict.add_argument("--backend", choices=BACKEND_NAMES, default=None)
     predict.set_defaults(run=_predict, json=False)
+
+    export = commands.add_parser(
+        "export", help="write a saved model as ONNX (scaler, network, softmax, labels)")
+    export.add_argument("model", help="a model file written by gpubp train --save")
+    export.add_argument("--format", choices=("onnx",), default="onnx",
+                        help="the output format (default onnx)")
+    export.add_argument("--out", required=True, metavar="FILE", help="e.g. model.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
+    export.set_defaults(run=_export, json=False)
 
     plot = commands.add_parser("plot", help="plot training logs written by train --log")
     plot.add_argument("logs", nargs="+", metavar="LOG", help=".csv or .jsonl logs")
@@ -201,6 +229,9 @@ def _int_list(text: str) -> list[int]:
 # ---- train -------------------------------------------------------------------------------
 
 def _train(args) -> int:
+    root = _is_root(args)
+    if not root:
+        args.quiet = True  # rank 0 reports for every rank
     human = sys.stderr if args.json else sys.stdout
     checkpoint_dir = args.resume or args.checkpoint_dir
     if args.resume and args.checkpoint_dir and Path(args.checkpoint_dir) != Path(args.resume):
@@ -228,6 +259,8 @@ def _train(args) -> int:
     if scaler is not None:
         data.X_train = scaler.fit_transform(data.X_train)
         data.X_test = scaler.transform(data.X_test)
+    if args.comm is not None and args.backend != "numpy":
+        _use_local_device(args.comm)
     net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
                     dtype=args.dtype, seed=args.seed)
 
@@ -239,10 +272,12 @@ def _train(args) -> int:
               file=human, flush=True)
 
     callbacks = ([] if args.quiet else [report_epoch]) + (
-        [TrainingLog(log_file, resume=bool(args.resume))] if log_file else [])
+        [TrainingLog(log_file, resume=bool(args.resume))] if log_file and root else [])
     trainer = gpubp.Trainer(net, optimizer, batch_size=args.batch_size, epochs=args.epochs,
                             seed=args.seed, schedule=schedule, patience=args.patience,
-                            progress=not args.quiet,
+                            progress=not args.quiet, precision=args.precision,
+                            cuda_graphs=False if args.no_cuda_graphs else None,
+                            distributed=args.comm if args.comm is not None else False,
                             on_epoch=(lambda r: [c(r) for c in callbacks]) if callbacks else None)
     if not args.quiet:
         print(f"gpubp: training {net} on {data}, {optimizer}, batch {args.batch_size}, "
@@ -260,13 +295,15 @@ def _train(args) -> int:
     history = trainer.fit(data.X_train, data.y_train, validation=validation, **checkpointing)
     train_time = time.perf_counter() - started
     test = net.evaluate(data.X_test, data.y_test)
-    if args.save:
+    if args.save and root:
         net.info = ModelInfo(classes=data.classes, scaler=scaler,
                              feature_names=data.feature_names,
                              label_column=_csv_format(args).label_column if args.no_header
                              else data.label_name,
                              provenance=_provenance(args, net, data, history, test))
         net.save(args.save)
+    if not root:
+        return 0
     print(f"test accuracy {100 * test['accuracy']:.2f}% (test loss {test['loss']:.4f}, "
           f"{len(data.y_test)} rows) after {len(history)} epochs in {train_time:.1f}s on "
           f"{net.backend.name} ({net.backend.device_name})"
@@ -285,6 +322,16 @@ def _train(args) -> int:
             "stopped_early": history.stopped_early, "saved_to": args.save,
         }))
     return 0
+
+
+def _use_local_device(comm) -> None:
+    """Each rank on its own GPU (by local rank), before the backend settles on one."""
+    try:
+        comm.use_local_device()
+    except (ImportError, BackendError, RuntimeError):  # no CuPy or no device: NumPy then
+        pass
+    except Exception as e:  # CuPy's CUDA errors (no driver) are not RuntimeErrors
+        logging.getLogger("gpubp").debug("gpubp: no local CUDA device (%s)", e)
 
 
 def _training_data(args):
@@ -373,7 +420,8 @@ RUN_OPTIONS = {
     "layers": (list,), "epochs": (int,), "batch_size": (int,), "lr": (int, float),
     "momentum": (int, float), "nesterov": (bool,), "weight_decay": (int, float),
     "schedule": (str,), "step_size": (int,), "gamma": (int, float), "patience": (int,),
-    "validation": (int, float), "dtype": (str,), "seed": (int,),
+    "validation": (int, float), "dtype": (str,), "precision": (str,),
+    "no_cuda_graphs": (bool,), "seed": (int,),
     "checkpoint_every": (str, int), "keep_last": (int,), "save": (str,), "log": (str,),
 }
 PATH_OPTIONS = ("data_dir", "test", "save", "log")
@@ -386,7 +434,9 @@ def _fill_defaults(args) -> None:
         args.dataset = "digits"
     defaults = {**DEFAULTS.get(args.dataset, DEFAULTS["digits"]), "momentum": 0.9,
                 "nesterov": False, "schedule": "cosine", "step_size": 10, "gamma": 0.1,
-                "dtype": "float32", "seed": 0, "keep_last": 3, "no_header": False,
+                "dtype": "float32", "precision": "fp32", "no_cuda_graphs": False,
+                "seed": 0, "keep_last": 3,
+                "no_header": False,
                 "no_download": False,
                 "scale": "none" if args.dataset in BUILTIN else "standard"}
     for key, value in defaults.items():
@@ -620,7 +670,19 @@ class _stdout_bytes:
         sys.stdout.buffer.flush()
 
 
-# ---- plot and info -----------------------------------------------------------------------
+# ---- export, plot and info ----------------------------------------------------------------
+
+def _export(args) -> int:
+    check_writable(args.out, "--out")
+    if is_same_file(args.out, args.model) or Path(args.out).resolve() == Path(args.model).resolve():
+        raise ValueError(f"--out: {args.out} is the model file; it would be overwritten")
+    net = gpubp.MLP.load(args.model, backend="numpy")
+    net.to_onnx(args.out, opset=args.opset)  # checked by onnx.checker before it is written
+    print(f"gpubp export: wrote {args.out} (ONNX opset {args.opset}; input X "
+          f"(N, {net.layer_sizes[0]}) {net.dtype.name}; outputs label, probabilities)",
+          file=sys.stderr)
+    return 0
+
 
 def _plot(args) -> int:
     check_writable(args.out, "--out")
@@ -630,14 +692,20 @@ def _plot(args) -> int:
 
 
 def _info(args) -> int:
+    if args.comm is not None and args.backend != "numpy":
+        _use_local_device(args.comm)
     backend = get_backend(args.backend)
     facts = {
         "gpubp": gpubp.__version__, "python": platform.python_version(),
         "backend": backend.name, "device": backend.device_name, "numpy": np.__version__,
-        "blas": blas.name(), "blas_threads": blas.threads(),
+        "blas": blas.name(), "blas_threads": blas.threads(), **blas.info(),
         "kernel_cache": str(user_cache_dir("kernels")),
         **cuda_versions(), "cuda_devices": _cuda_devices(),
     }
+    if args.comm is not None:  # every rank's host, process and device
+        facts["ranks"] = args.comm.describe(device=backend.device_name)
+        if not args.comm.is_root:
+            return 0
     if args.json:
         print(json.dumps(facts))
     else:
@@ -646,6 +714,12 @@ def _info(args) -> int:
                 value = "; ".join(f"{d['id']}: {d['name']}, {d['free_bytes'] / 2**30:.1f} of "
                                   f"{d['total_bytes'] / 2**30:.1f} GiB free"
                                   for d in value) or None
+            if key == "ranks":
+                value = "; ".join(f"rank {r['rank']} on {r['host']} (pid {r['pid']}, local "
+                                  f"{r['local_rank']}): {r.get('device')}"
+                                  for r in value.get("ranks", []))
+            if key == "blas_choices":  # what was chosen for which GEMM shapes, and why
+                value = "\n".join(" " * 15 + c["summary"] for c in value).strip() or None
             print(f"{key:>13}: {value if value is not None else 'not available'}")
     return 0
 

@@ -7,14 +7,16 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from gpubp import checkpoint
+from gpubp import blas, checkpoint
 from gpubp.datasets.preprocessing import stratified_indices
+from gpubp.distributed import Communicator, get_communicator
 from gpubp.errors import CheckpointError, DivergenceError, TrainingInterrupted
 from gpubp.interrupts import stop_requests
 from gpubp.network import MLP
@@ -74,11 +76,24 @@ class Trainer:
             greater than ``min_delta``, and restore the best weights. Needs validation data.
         progress: show a progress bar over each epoch's batches (on a terminal).
         on_epoch: called with each epoch's record (see :class:`History`) as it ends.
+        distributed: data-parallel training across the processes of ``mpiexec -n N``:
+            True (MPI when launched by mpiexec, else one process), or a
+            :class:`gpubp.distributed.Communicator`. Each step's global batch of
+            ``batch_size`` rows is split across the ranks, whose gradients are summed;
+            every rank holds the same weights, and only rank 0 writes checkpoints.
+        precision: "fp32", or "bf16" to run the step's GEMMs with bf16 inputs and fp32
+            accumulation (weights, loss, sigmoid and update stay fp32): float32 networks
+            on the NumPy backend, on CPUs with AVX512_BF16 or AMX and oneDNN installed;
+            elsewhere a gpubp.BackendError says why (see gpubp.blas.gemm_precision);
+            or "tf32" for cuBLAS's TF32 tensor cores (float32 networks on CuPy).
+        cuda_graphs: on CuPy, replay each step as a captured CUDA graph (checked against
+            an eager step on first use); None follows $GPUBP_CUDA_GRAPHS (on unless "0").
     """
 
     def __init__(self, net: MLP, optimizer, *, batch_size: int = 64, epochs: int = 10,
                  seed=None, schedule=None, patience=None, min_delta: float = 0.0,
-                 progress: bool = True, on_epoch=None):
+                 progress: bool = True, on_epoch=None, precision: str = "fp32",
+                 cuda_graphs=None, distributed=False):
         if not isinstance(net, MLP):
             raise TypeError(f"net: expected a gpubp.MLP, got {type(net).__name__}")
         if not callable(getattr(optimizer, "step", None)):
@@ -95,6 +110,20 @@ class Trainer:
         self.min_delta = check_float(min_delta, "min_delta", 0.0)
         self.progress = bool(progress)
         self.on_epoch = on_epoch
+        if precision == "tf32":  # cuBLAS's TF32 tensor-core GEMMs
+            if not net.backend.is_gpu or net.dtype != np.float32:
+                raise ValueError(f"precision: 'tf32' trains float32 networks on the CuPy "
+                                 f"backend, not {net}")
+            self.precision = precision
+        else:
+            if precision == "bf16" and (net.backend.is_gpu or net.dtype != np.float32):
+                raise ValueError(f"precision: 'bf16' trains float32 networks on the NumPy "
+                                 f"backend, not {net}")
+            self.precision = blas.check_precision(precision)
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs: expected a bool or None, got {cuda_graphs!r}")
+        self.cuda_graphs = cuda_graphs
+        self.comm = _communicator(distributed)
 
     def fit(self, X, y, validation=None, *, checkpoint_dir=None, checkpoint_every=None,
             resume: bool = False, keep_last: int = 3, metadata: dict | None = None) -> History:
@@ -146,8 +175,11 @@ class Trainer:
         if checkpoint_dir is not None:
             saver = _Saver(self, checkpoint_dir, every, keep_last,
                            self._run_config(X, targets, X_val, t_val), metadata)
+        if self.comm.size > 1:  # every rank must be running the same training
+            self.comm.check_same("the run", self._run_config(X, targets, X_val, t_val))
         fit = _Fit(X, targets, X_val, t_val, rng, self.optimizer.lr, saver,
-                   make_stepper(net, self.optimizer, X, targets, self.batch_size))
+                   make_stepper(net, self.optimizer, X, targets, self.batch_size,
+                                comm=self.comm, **self._step_options()))
         try:
             if saver is not None:
                 saver.open()
@@ -156,7 +188,8 @@ class Trainer:
                     rng.bit_generator.state = run.rng_state  # the permutation is redrawn
                 else:
                     saver.check_fresh()
-            with stop_requests(enabled=saver is not None) as fit.stop:
+            with stop_requests(enabled=saver is not None) as fit.stop, \
+                    blas.gemm_precision("bf16" if self.precision == "bf16" else "fp32"):
                 while run.epoch < self.epochs and not run.history.stopped_early:
                     self._train_epoch(fit, run)
                     if saver is not None:
@@ -165,11 +198,18 @@ class Trainer:
                     saver.save(run)  # the final state, unless just saved
         finally:
             self.optimizer.lr = fit.base_lr
+            fit.stepper.close()
             if saver is not None:
                 saver.close()
         if run.best_state is not None:
             net.load_state(run.best_state)
         return run.history
+
+    def _step_options(self) -> dict:
+        if not self.net.backend.is_gpu:
+            return {}
+        return {"cuda_graphs": self.cuda_graphs,
+                "precision": "tf32" if self.precision == "tf32" else "fp32"}
 
     def _train_epoch(self, fit: "_Fit", run: TrainingState) -> None:
         """Run (the rest of) epoch ``run.epoch``: its steps, then its record."""
@@ -179,10 +219,10 @@ class Trainer:
             run.keep_epoch_start(self.net)
             run.elapsed = 0.0
         self.optimizer.lr = run.lr
+        resumed = run.batch > 0  # mid-epoch: the checkpoint's sums carry on
         stepper.begin_epoch(fit.rng.permutation(n), run.lr,
-                            loss_sum=float(run.loss_sum) if run.batch else 0.0)
-        if run.batch:  # a resumed epoch: its first loss is the checkpoint's
-            stepper.first_loss[...] = run.first_loss
+                            loss_sum=float(run.loss_sum) if resumed else 0.0,
+                            first_loss=float(run.first_loss) if resumed else None)
         run.loss_sum, run.first_loss = stepper.loss_sum, stepper.first_loss
         clock = time.perf_counter() - run.elapsed
         batches = range(run.batch, -(-n // self.batch_size))
@@ -303,6 +343,17 @@ class Trainer:
         return X[train], targets[train], X[val], targets[val]
 
 
+def _communicator(distributed):
+    if distributed is False or distributed is None:
+        return get_communicator("single")
+    if distributed is True:
+        return get_communicator("auto")
+    if isinstance(distributed, Communicator):
+        return distributed
+    raise TypeError(f"distributed: expected a bool or a gpubp.distributed.Communicator, "
+                    f"got {distributed!r:.80}")
+
+
 @dataclasses.dataclass
 class _Fit:
     """What stays fixed through one :meth:`Trainer.fit` call: the data, the shuffle RNG,
@@ -320,11 +371,16 @@ class _Fit:
 
 
 class _Saver:
-    """One fit run's checkpoints in ``directory``: when to write them, and resuming."""
+    """One fit run's checkpoints in ``directory``: when to write them, and resuming.
+
+    Data-parallel, every rank runs the same calls at the same steps; only the root
+    touches the directory (it holds the lock and writes), and it hands every decision
+    (the checkpoint to resume, an error) to the others.
+    """
 
     def __init__(self, trainer: Trainer, directory, every, keep_last: int, config: dict,
                  metadata: dict | None):
-        self.trainer = trainer
+        self.trainer, self.comm = trainer, trainer.comm
         self.files = checkpoint.CheckpointDirectory(directory, keep_last)
         self.directory = self.files.directory
         self.count, self.unit = every
@@ -333,14 +389,14 @@ class _Saver:
 
     def open(self) -> None:
         """Check, create and lock the directory (ValueError if it cannot be used)."""
-        self.files.open()
+        self._on_root(self.files.open)
 
     def close(self) -> None:
         self.files.close()
 
     def check_fresh(self) -> None:
         """A fresh run must not mix its checkpoints with an older run's."""
-        if self.files.list():
+        if self._on_root(lambda: bool(self.files.list())):
             raise ValueError(f"checkpoint_dir: {self.directory} already holds checkpoints; "
                              f"continue that run with resume=True (on the command line: "
                              f"gpubp train --resume {self.directory}), or use an empty "
@@ -355,13 +411,20 @@ class _Saver:
                                                  trainer.optimizer, self.config,
                                                  trainer.epochs, History)
 
-        found = self.files.load_latest(accept)
-        if found is None:
+        def newest():
+            found = self.files.load_latest(accept)
+            return None if found is None else found[0]
+
+        path = self._on_root(newest)
+        if path is None:
             raise CheckpointError(f"resume: no complete checkpoint in {self.directory}")
-        self.path, (run, arrays) = found
+        run, arrays = accept(path, *checkpoint.read_checkpoint(path))
+        self.path = path
         trainer.net.load_state(arrays["param"])
         if callable(getattr(trainer.optimizer, "load_state_dict", None)):
             trainer.optimizer.load_state_dict({"velocity": arrays.get("velocity")})
+        if not self.comm.is_root:  # the root carries the epoch's loss so far; sums add up
+            run.loss_sum, run.first_loss = 0.0, (None if run.first_loss is None else 0.0)
         self.saved_at = (run.epoch, run.batch, run.step)
         log.info("gpubp: resuming from %s (epoch %d, batch %d, step %d)", self.path,
                  run.epoch + 1, run.batch, run.step)
@@ -370,13 +433,13 @@ class _Saver:
     def after_step(self, run: TrainingState, stop) -> None:
         if self.unit == "steps" and run.step % self.count == 0:
             self.save(run)
-        if stop:
+        if self._stop_requested(stop):
             self.interrupt(run, stop)
 
     def after_epoch(self, run: TrainingState, stop) -> None:
         if self.unit == "epochs" and run.epoch % self.count == 0:
             self.save(run)
-        if stop:
+        if self._stop_requested(stop):
             self.interrupt(run, stop)
 
     def save(self, run: TrainingState) -> Path:
@@ -387,16 +450,22 @@ class _Saver:
         """
         if self.saved_at == (run.epoch, run.batch, run.step):
             return self.path
+        losses = (float(run.loss_sum), None if run.first_loss is None else float(run.first_loss))
+        if self.comm.size > 1 and run.batch:  # the epoch's sums so far, over every rank
+            losses = tuple(self.comm.allreduce_scalars([losses[0], losses[1] or 0.0]))
         trainer = self.trainer
         xp = trainer.net.backend.xp
         finite = all(bool(xp.isfinite(p).all()) for p in trainer.net.parameters())
-        if not finite or (run.batch and not math.isfinite(float(run.loss_sum))):
+        if not finite or (run.batch and not math.isfinite(losses[0])):
             log.warning("gpubp: not writing a checkpoint at step %d: the weights or the "
                         "loss are not finite", run.step)
             return self.path
-        tensors, state = run.to_checkpoint(trainer.net, trainer.optimizer, self.config,
-                                           trainer.epochs, self.metadata)
-        self.path = self.files.write(run.step, tensors, state)
+        if self.comm.is_root:
+            tensors, state = run.to_checkpoint(trainer.net, trainer.optimizer, self.config,
+                                               trainer.epochs, self.metadata, losses)
+            self.path = self.files.write(run.step, tensors, state)
+        else:
+            self.path = checkpoint.checkpoint_path(self.directory, run.step)
         self.saved_at = (run.epoch, run.batch, run.step)
         return self.path
 
@@ -412,3 +481,26 @@ class _Saver:
             f"`gpubp train --resume {self.directory}`, or in Python with "
             f"Trainer.fit(..., checkpoint_dir={str(self.directory)!r}, resume=True).",
             path=path, signal_name=stop.name, exit_code=stop.exit_code, history=run.history)
+
+    def _stop_requested(self, stop) -> bool:
+        """Whether a signal asked to stop, on any rank (then every rank stops here)."""
+        if self.comm.size == 1:
+            return bool(stop)
+        if self.comm.allreduce_scalars([float(bool(stop))])[0] and not stop:
+            stop.signum = signal.SIGTERM  # another rank's request: stop as if sent here
+        return bool(stop)
+
+    def _on_root(self, work):
+        """``work()`` on the root, its result (or its exception) on every rank."""
+        if self.comm.size == 1:
+            return work()
+        outcome = None
+        if self.comm.is_root:
+            try:
+                outcome = ("ok", work())
+            except Exception as error:  # handed to every rank, then raised everywhere
+                outcome = ("error", error)
+        kind, value = self.comm.broadcast_object(outcome)
+        if kind == "error":
+            raise value
+        return value

@@ -14,6 +14,7 @@ import gpubp  # noqa: E402
 from gpubp import blas  # noqa: E402
 from bench import compare, naive_numpy  # noqa: E402
 from bench.peers import gemm_only_peer  # noqa: E402
+from gpubp.step import make_stepper  # noqa: E402
 from bench.worker import run_job  # noqa: E402
 
 TINY = {"sizes": [12, 7, 5, 3], "batch_size": 16, "lr": 0.1, "seed": 0, "warmup": 1,
@@ -55,8 +56,8 @@ def test_naive_epoch_lowers_the_loss():
     assert weights[0].dtype == np.float32 and last < first
 
 
-@pytest.mark.parametrize("peer", ["gpubp-numpy", "naive-numpy", "sklearn", "torch-eager-cpu",
-                                  "gemm-only"])
+@pytest.mark.parametrize("peer", ["gpubp-numpy", "gpubp-numpy-openblas", "naive-numpy",
+                                  "sklearn", "torch-eager-cpu", "gemm-only"])
 def test_each_cpu_peer_trains_or_says_why_not(peer, tiny_data):
     result = run_job({"peer": peer, "point": TINY, "data": tiny_data})
     if result["status"] == "skipped":  # e.g. torch or scikit-learn not installed
@@ -71,7 +72,7 @@ def test_each_cpu_peer_trains_or_says_why_not(peer, tiny_data):
 
 def test_gemm_only_peer_runs_exactly_the_gemms_of_gpubps_step(monkeypatch):
     """Same products, operand layouts, shapes and accumulation, in the same order, as
-    gpubp's fused SGD step: the ceiling is gpubp's own GEMM work, nothing less."""
+    gpubp's fused SGD step (the trainer's stepper): the ceiling is gpubp's own GEMM work."""
     real_matmul = blas.matmul
     calls = []
 
@@ -83,14 +84,54 @@ def test_gemm_only_peer_runs_exactly_the_gemms_of_gpubps_step(monkeypatch):
         return real_matmul(a, b, out, alpha, beta)
 
     monkeypatch.setattr(blas, "matmul", recording_matmul)
+    monkeypatch.setattr(blas, "has_mkl", lambda: True)  # the stepper's fused update
     rng = np.random.default_rng(0)
     X, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 3, 16)
     net = gpubp.MLP(TINY["sizes"], backend="numpy", seed=0)
-    net.sgd_step_prepared(X, net.prepare_targets(y, 16), 0.1)
+    stepper = make_stepper(net, gpubp.SGD(0.1), net.prepare_features(X),
+                           net.prepare_targets(y, 16), batch_size=16)
+    stepper.begin_epoch(np.arange(16), 0.1)
+    stepper.step(0)
     gpubp_calls, calls[:] = list(calls), []
-    gemm_only_peer.run(X, y, {**TINY, "warmup": 0, "repeats": 1})
+    result = gemm_only_peer.run(X, y, {**TINY, "warmup": 0, "repeats": 1}, libraries=["numpy"])
     assert len(gpubp_calls) == 3 + 3 + 2
-    assert calls == gpubp_calls
+    assert calls == gpubp_calls and result["library"] == "numpy"
+
+
+def test_gemm_only_peer_reports_the_fastest_library(tiny_data):
+    result = run_job({"peer": "gemm-only", "point": TINY, "data": tiny_data})
+    assert result["status"] == "measured"
+    per_library = result["per_library_epoch_s"]
+    assert set(per_library) == set(blas.installed())  # every installed library was timed
+    medians = {n: np.median(t) for n, t in per_library.items()}
+    assert result["library"] == min(medians, key=medians.get)
+    assert result["epoch_s"] == per_library[result["library"]]
+
+
+def test_gpubp_rows_say_which_gemm_library_ran_and_why(tiny_data, monkeypatch):
+    result = run_job({"peer": "gpubp-numpy", "point": TINY, "data": tiny_data})
+    assert result["blas"]["mode"] == "auto" and result["blas"]["precision"] == "fp32"
+    monkeypatch.setenv("GPUBP_BLAS", "numpy")
+    blas.reset()
+    try:
+        forced = run_job({"peer": "gpubp-numpy-openblas", "point": TINY, "data": tiny_data})
+    finally:
+        monkeypatch.undo()
+        blas.reset()
+    assert forced["blas"]["reason"] == "GPUBP_BLAS=numpy"
+    record = compare.summarize([forced], 64)
+    assert compare.gemm_choice_line(record).startswith("numpy (")
+
+
+@pytest.mark.parametrize("peer", ["gpubp-numpy-mkl", "gpubp-numpy-onednn", "gpubp-numpy-bf16",
+                                  "torch-eager-cpu-bf16"])
+def test_the_library_and_bf16_peers_train_or_say_why_not(peer, tiny_data):
+    result = run_job({"peer": peer, "point": TINY, "data": tiny_data})
+    if result["status"] == "skipped":
+        assert result["reason"]
+        return
+    assert result["status"] == "measured", result.get("reason")
+    assert np.isfinite(result["final_loss"])
 
 
 def test_a_missing_library_is_skipped_not_faked(monkeypatch, tiny_data):

@@ -1,13 +1,16 @@
 """gpubp.cpu_kernels equals float64 references on every layout it takes or hands on,
 with MKL's vector math and without it."""
 
+import copy
+import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
 
 import gpubp
-from gpubp import blas, cpu_kernels, ops
+from gpubp import blas, blas_choice, cpu_kernels, ops
+from gpubp.step import Workspace, make_stepper
 
 TOL = {np.float32: 3e-7, np.float64: 1e-15}
 
@@ -31,15 +34,16 @@ class CountingLibrary:
 
 @pytest.fixture(params=["mkl", "no-mkl"])
 def vml(request, monkeypatch):
-    """Runs a test with VML (skipped where MKL is missing; the library counts VML calls)
-    and with MKL switched off (None)."""
+    """Runs a test with VML chosen (skipped where MKL is missing; the library counts VML
+    calls) and with NumPy's vector math (None)."""
     if request.param == "no-mkl":
-        monkeypatch.setattr(blas, "mkl_library", lambda: None)
+        monkeypatch.setattr(blas, "vml_library", lambda size: None)
         return None
-    if blas.mkl_library() is None:
+    if "mkl" not in blas.installed():
         pytest.skip("MKL is not installed")
-    counting = CountingLibrary(blas.mkl_library())
-    monkeypatch.setattr(blas, "mkl_library", lambda: counting)
+    mkl = copy.copy(blas.library("mkl"))
+    mkl.lib = counting = CountingLibrary(mkl.lib)
+    monkeypatch.setattr(blas, "vml_library", lambda size: mkl)
     return counting
 
 
@@ -148,23 +152,75 @@ def test_a_misshapen_bias_gradient_is_refused_like_the_reference(rng, bad):
 def test_the_numpy_step_uses_these_functions_and_column_major_buffers():
     net = gpubp.MLP((6, 5, 4, 3), backend="numpy", seed=0)
     assert net._ops is cpu_kernels
-    work = net._workspace(8)
+    work = Workspace(net, 8, (), np.int64)
     assert all(x.flags.f_contiguous and not x.flags.c_contiguous
                for x in work.activations + work.deltas)
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float32", 2e-5), ("float64", 1e-12)])
 def test_a_step_equals_the_references_row_major_step(rng, vml, dtype, rtol):
+    """The NumPy stepper (these functions, column-major buffers, gpubp.blas) against
+    loss_and_grads on gpubp.ops with row-major temporaries, then SGD.step."""
     X = rng.normal(size=(33, 20))
     y = rng.integers(0, 10, 33)
     fast = gpubp.MLP((20, 31, 17, 10), backend="numpy", dtype=dtype, seed=3)
     reference = gpubp.MLP((20, 31, 17, 10), backend="numpy", dtype=dtype, seed=3)
     reference._ops = ops
-    reference._workspaces[33] = work = type(reference._workspace(1))(reference, 33)
-    work.activations = [np.ascontiguousarray(x) for x in work.activations]
-    work.deltas = [np.ascontiguousarray(x) for x in work.deltas]
-    loss, grads = fast.loss_and_grads(X, y)
+    stepper = make_stepper(fast, gpubp.SGD(0.1, momentum=0.5), fast.prepare_features(X),
+                           fast.prepare_targets(y, 33), batch_size=33)
+    stepper.begin_epoch(np.arange(33), 0.1)
+    stepper.step(0)
     want_loss, want_grads = reference.loss_and_grads(X, y)
-    assert loss == pytest.approx(want_loss, rel=rtol)
-    for got, want in zip([g for pair in grads for g in pair], [g for pair in want_grads for g in pair]):
+    gpubp.SGD(0.1, momentum=0.5).step(reference.parameters(),
+                                      [g for pair in want_grads for g in pair])
+    assert stepper.finish_epoch() / 33 == pytest.approx(want_loss, rel=rtol)
+    for got, want in zip(fast.parameters(), reference.parameters()):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+    if vml is not None and dtype == "float32":  # the hidden layers' σ ran on VML
+        assert vml.calls == {"vsExp": 2, "vsInv": 2}
+
+
+def test_vml_runs_only_where_mkl_runs_the_products_and_was_measured_faster(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(blas.ENV_VAR, raising=False)
+    blas.reset()
+    try:
+        assert blas.vml_library(1 << 20) is None  # NumPy's library runs the products
+        if "mkl" not in blas.installed():
+            return
+        with blas.forced("mkl"):  # forced: VML, as before the choice existed
+            assert blas.vml_library(1 << 20) is blas.library("mkl")
+            assert blas.vml_library(blas.VML_MIN_VALUES - 1) is None
+        state = blas._state
+        state.active = blas.library("mkl")  # as if MKL had been chosen for the GEMMs
+        for faster, want in ((False, None), (True, blas.library("mkl"))):
+            state._chooser = blas_choice.Chooser(
+                measure_gemms=None, cache=blas_choice.Cache(tmp_path / f"{faster}.json", {}),
+                measure_vector_math=lambda size, f=faster: {"vml": [1.0 if f else 2.0] * 3,
+                                                             "numpy": [1.5] * 3})
+            assert blas.vml_library(1 << 20) is want
+    finally:
+        blas.reset()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_backward_with_scratch_allocates_nothing_and_matches_bit_for_bit(rng, monkeypatch,
+                                                                                dtype):
+    monkeypatch.setattr(cpu_kernels, "BLOCK_VALUES", 4000)  # blocks of 20 columns
+    a = np.asfortranarray(sigmoid64(rng.normal(size=(200, 50)) * 3).astype(dtype))
+    grad_a = np.asfortranarray(rng.normal(size=(200, 50)).astype(dtype))
+    want_db = np.empty(50, dtype)
+    want = cpu_kernels.sigmoid_backward(grad_a.copy(order="F"), a, bias_grad=want_db)
+    scratch = np.empty(4000, dtype)
+    got_db = np.empty(50, dtype)
+    got = grad_a.copy(order="F")
+    cpu_kernels.sigmoid_backward(got, a, out=got, bias_grad=got_db, scratch=scratch)  # warm
+    got[...] = grad_a
+    tracemalloc.start()
+    cpu_kernels.sigmoid_backward(got, a, out=got, bias_grad=got_db, scratch=scratch)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got.tobytes() == want.tobytes() and got_db.tobytes() == want_db.tobytes()
+    assert peak < 4000 * a.itemsize // 4  # a few views, not a block's a(1 − a)
+    small = np.empty(10, dtype)  # too small: ignored, still correct
+    np.testing.assert_array_equal(cpu_kernels.sigmoid_backward(grad_a, a, scratch=small), want)

@@ -66,3 +66,28 @@ def test_a_checkpoint_resumes_with_another_rank_count(tmp_path, first, second):
     run(second, {"epochs": 4, "dir": directory, "resume": True,
                  "out": str(tmp_path / "resumed.npz")})
     assert_same_training(result(tmp_path / "whole.npz"), result(tmp_path / "resumed.npz"))
+
+
+def test_mpiexec_gpubp_train_reports_once_and_matches_one_process(tmp_path):
+    """`mpiexec -n 2 gpubp train`: one JSON object (rank 0's), one model file, and the
+    single process's result; `gpubp info` lists both ranks."""
+    pytest.importorskip("mpi4py")
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("OMPI_", "PMI", "PMIX_"))}
+    environment["PYTHONPATH"] = str(HERE.parent)
+    options = ["train", "--epochs", "3", "--dtype", "float64", "--json", "--quiet"]
+    alone = subprocess.run([sys.executable, "-m", "gpubp", *options, "--save",
+                            str(tmp_path / "one.safetensors")], capture_output=True, text=True,
+                           timeout=180, env=environment)
+    two = subprocess.run(_mpiexec() + ["-n", "2", sys.executable, "-m", "gpubp", *options,
+                                       "--save", str(tmp_path / "two.safetensors")],
+                         capture_output=True, text=True, timeout=180, env=environment)
+    assert alone.returncode == 0 and two.returncode == 0, two.stderr
+    one, many = json.loads(alone.stdout), json.loads(two.stdout)  # exactly one object each
+    assert many["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1 / 359)
+    assert many["train_loss"] == pytest.approx(one["train_loss"], rel=1e-9)
+    info = subprocess.run(_mpiexec() + ["-n", "2", sys.executable, "-m", "gpubp", "info",
+                                        "--json", "--backend", "numpy"],
+                          capture_output=True, text=True, timeout=180, env=environment)
+    facts = json.loads(info.stdout)
+    assert [r["rank"] for r in facts["ranks"]["ranks"]] == [0, 1]

@@ -110,8 +110,8 @@ def test_repr_and_parameter_count():
 
 
 def test_the_step_fuses_plain_sgd_only(monkeypatch):
-    """The update rides on the gradient GEMM for plain SGD with MKL (tests/test_step.py
-    holds the fused step to the reference)."""
+    """The update rides on the gradient GEMM for plain SGD where the GEMM takes beta
+    (tests/test_step.py holds the fused step to the reference)."""
     from gpubp import blas
     from gpubp.step import NumpyStepper
 
@@ -121,9 +121,9 @@ def test_the_step_fuses_plain_sgd_only(monkeypatch):
         return NumpyStepper(net, optimizer, np.zeros((1, 4), np.float32),
                             np.zeros(1, np.int64), 1)._fused_update()
 
-    monkeypatch.setattr(blas, "has_mkl", lambda: True)
+    monkeypatch.setattr(blas, "fuses_update", lambda: True)
     assert fused(gpubp.SGD(0.1))
     assert not fused(gpubp.SGD(0.1, momentum=0.9))
     assert not fused(gpubp.SGD(0.1, weight_decay=1e-4))
-    monkeypatch.setattr(blas, "has_mkl", lambda: False)
+    monkeypatch.setattr(blas, "fuses_update", lambda: False)  # numpy.matmul: no beta
     assert not fused(gpubp.SGD(0.1))

@@ -42,18 +42,29 @@ class Peer:
 
 
 PEERS = {p.name: p for p in (
+    # gpubp as installed: the GEMM library chosen by measurement (gpubp.blas_choice).
     Peer("gpubp-numpy", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy", {"backend": "numpy"}),
-    # gpubp on NumPy's own BLAS (OpenBLAS in its wheels) instead of MKL: what a plain
-    # `pip install gpubp` gets; a row of its own, ratio still against gpubp-numpy.
+    # gpubp held to one library each ($GPUBP_BLAS): NumPy's own OpenBLAS, what a plain
+    # `pip install gpubp` gets, and MKL; rows of their own, ratios against gpubp-numpy.
     Peer("gpubp-numpy-openblas", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy",
          {"backend": "numpy"}, {"GPUBP_BLAS": "numpy"}),
+    Peer("gpubp-numpy-mkl", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy",
+         {"backend": "numpy", "library": "mkl"}, {"GPUBP_BLAS": "mkl"}),
+    Peer("gpubp-numpy-onednn", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy",
+         {"backend": "numpy", "library": "onednn"}, {"GPUBP_BLAS": "onednn"}, default=False),
     Peer("torch-eager-cpu", "bench.peers.torch_peer", "cpu", "gpubp-numpy", {"device": "cpu"}),
     Peer("torch-compile-cpu", "bench.peers.torch_peer", "cpu", "gpubp-numpy",
          {"device": "cpu", "compile": True}),
     Peer("sklearn", "bench.peers.sklearn_peer", "cpu", "gpubp-numpy"),
     Peer("naive-numpy", "bench.peers.naive_peer", "cpu", "gpubp-numpy"),
-    # Only the step's GEMMs: the ceiling on this BLAS, a row of its own when asked for.
+    # Only the step's GEMMs, on the library fastest for each point: the ceiling.
     Peer("gemm-only", "bench.peers.gemm_only_peer", "cpu", "gpubp-numpy", default=False),
+    # bf16 GEMMs (fp32 accumulation), only when asked for: gpubp's opt-in mode, and
+    # PyTorch's bf16 autocast, its ratio against gpubp's bf16 row.
+    Peer("gpubp-numpy-bf16", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy-bf16",
+         {"backend": "numpy", "precision": "bf16"}, default=False),
+    Peer("torch-eager-cpu-bf16", "bench.peers.torch_peer", "cpu", "gpubp-numpy-bf16",
+         {"device": "cpu", "autocast": "bf16"}, default=False),
     Peer("gpubp-cupy", "bench.peers.gpubp_peer", "cuda", "gpubp-cupy", {"backend": "cupy"}),
     Peer("torch-eager-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy", {"device": "cuda"}),
     Peer("torch-compile-cuda", "bench.peers.torch_peer", "cuda", "gpubp-cupy",

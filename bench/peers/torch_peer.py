@@ -8,12 +8,15 @@ import time
 from bench.peers import PeerUnavailable, time_epochs
 
 
-def check(device: str, compile: bool = False, tf32: bool = False) -> dict:
+def check(device: str, compile: bool = False, tf32: bool = False,
+          autocast: str | None = None) -> dict:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise PeerUnavailable(f"torch {torch.__version__} sees no CUDA device "
                               f"(built for CUDA {torch.version.cuda})")
+    if autocast == "bf16" and device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise PeerUnavailable(f"torch {torch.__version__} has no fast bf16 on this CPU")
     versions = {"torch": torch.__version__}
     if device == "cuda":
         versions["device"] = torch.cuda.get_device_name(0)
@@ -30,7 +33,10 @@ def torch_mlp(sizes):
     return torch.nn.Sequential(*layers[:-1])
 
 
-def run(X, y, point, device: str, compile: bool = False, tf32: bool = False) -> dict:
+def run(X, y, point, device: str, compile: bool = False, tf32: bool = False,
+        autocast: str | None = None) -> dict:
+    """``autocast="bf16"``: the forward pass (and so its GEMMs, forward and backward)
+    under ``torch.autocast`` with bfloat16; parameters, optimizer and loss stay fp32."""
     import torch
     import torch.nn.functional as F
 
@@ -56,7 +62,8 @@ def run(X, y, point, device: str, compile: bool = False, tf32: bool = False) -> 
         for i in range(0, n, batch):
             rows = order[i:i + batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(forward(X_all[rows]), y_all[rows])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+                loss = F.cross_entropy(forward(X_all[rows]), y_all[rows])
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * rows.shape[0]

@@ -6,8 +6,9 @@ over the buffers of a :class:`~gpubp.step.workspace.Workspace`, with MKL's GEMM 
 :mod:`gpubp.blas` has it, and the vector math of :mod:`gpubp.cpu_kernels`. After the first
 step of a batch size nothing is allocated but Python scalars.
 
-Plain SGD (no momentum, no weight decay) with MKL folds the update into the GEMM that
-computes each weight gradient: W^l ← W^l − lr · δ^l (a^{l−1})^T is one ``gemm`` with
+Plain SGD (no momentum, no weight decay), where the GEMM library takes alpha and beta
+itself (:func:`gpubp.blas.fuses_update`), folds the update into the GEMM that computes each
+weight gradient: W^l ← W^l − lr · δ^l (a^{l−1})^T is one ``gemm`` with
 beta = 1, a pass over W fewer than computing dW and then updating.
 
 Data-parallel (a communicator of N > 1 ranks, see :mod:`gpubp.distributed`): each rank
@@ -111,7 +112,8 @@ class NumpyStepper:
                 # EqA2.1: δ^{l−1} = ((W^l)^T δ^l) ⊙ σ'(z^{l−1}), σ' = a^{l−1}(1 − a^{l−1}),
                 # with dL/db^{l−1} = Σ_batch δ^{l−1} in the same pass.
                 delta = cpu_kernels.sigmoid_backward(grad_a, inputs[l], out=grad_a,
-                                                     bias_grad=work.grads[l - 1][1])
+                                                     bias_grad=work.grads[l - 1][1],
+                                                     scratch=work.slope)
 
         self._update(work, fused)
 
@@ -133,7 +135,7 @@ class NumpyStepper:
     def _fused_update(self) -> bool:
         opt = self.optimizer
         return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
-                and blas.has_mkl() and self.comm.size == 1)
+                and blas.fuses_update() and self.comm.size == 1)
 
     def _workspace(self, batch: int) -> Workspace:
         work = self._workspaces.get(batch)
