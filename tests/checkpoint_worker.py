@@ -19,20 +19,14 @@ import signal
 import sys
 import time
 
-import numpy as np
-
 import gpubp
 from gpubp import checkpoint
 from gpubp.errors import TrainingInterrupted
 
+from helpers import after_step as _after_step  # test_checkpoint.py calls worker._after_step
+from helpers import blobs  # test_checkpoint.py's worker.blobs(): its defaults are this run's
+
 ROWS, FEATURES, CLASSES, BATCH = 60, 5, 3, 8
-
-
-def blobs(n=ROWS, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, CLASSES, size=n)
-    centers = rng.normal(scale=3, size=(CLASSES, FEATURES))
-    return (centers[y] + rng.normal(size=(n, FEATURES))).astype(np.float32), y
 
 
 def make(epochs, *, patience=None, schedule="cosine", backend="numpy"):
@@ -52,29 +46,16 @@ def fit(trainer, directory=None, *, resume=False, every="4steps", patience=None,
     With ``patience``: 60 training rows (8 steps an epoch) and 30 validation rows of
     which two are mislabeled, so that validation loss falls, then rises.
     """
-    X, y = blobs()
+    X, y = blobs(ROWS, FEATURES, CLASSES)
     validation = 0.2
     if patience is not None:
-        X, y = blobs(n=ROWS + 30)
+        X, y = blobs(ROWS + 30, FEATURES, CLASSES)
         y[ROWS:ROWS + 2] = (y[ROWS:ROWS + 2] + 1) % CLASSES
         X, y, validation = X[:ROWS], y[:ROWS], (X[ROWS:], y[ROWS:])
     checkpointing = {} if directory is None else {
         "checkpoint_dir": directory, "checkpoint_every": every, "resume": resume,
         "keep_last": keep_last}
     return trainer.fit(X, y, validation=validation, **checkpointing)
-
-
-def _after_step(optimizer, at, action):
-    """Make ``optimizer.step`` call ``action()`` right after its ``at``-th call."""
-    step, count = optimizer.step, [0]
-
-    def counted(params, grads):
-        step(params, grads)
-        count[0] += 1
-        if count[0] == at:
-            action()
-
-    optimizer.step = counted
 
 
 def _die():

@@ -1,4 +1,5 @@
-"""Shared fixtures: backends to test on, the real MNIST folder, and small random nets."""
+"""Shared fixtures: backends to test on, the real MNIST folder, small random nets, and the
+CUDA kernels built for the CPU emulation. (Shared functions: tests/helpers.py.)"""
 
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import pytest
 
 from gpubp.backend import get_backend
 from gpubp.errors import BackendError
+
+from cuda_emulator import Emulator, compiler
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -45,3 +48,11 @@ def mnist_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """gpubp's kernels built by g++ for tests/cuda_emulator.py, once a session."""
+    if compiler() is None:
+        pytest.skip("needs g++ to build the emulation")
+    return Emulator(tmp_path_factory.mktemp("emulated_kernels"))

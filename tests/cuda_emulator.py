@@ -3,9 +3,10 @@
 g++ builds each kernel source with ``cuda_emulation.h`` into a shared library. A launch
 runs the grid's blocks one after another; each block's threads are Python threads that
 set their thread and block index and call the kernel through ctypes (which releases the
-GIL), so barriers and warp shuffles meet as on a GPU. :func:`fake_cupy` and
+GIL), so barriers and warp shuffles meet as on a GPU. :func:`emulated_cupy` and
 :class:`DeviceArray` stand in for CuPy, so ``gpubp.cuda.kernels``' own wrappers, launch
-arithmetic included, run unchanged on host memory, and the fake counts what they allocate.
+arithmetic included, run unchanged on host memory (:func:`emulate` points them there), and
+the stand-in counts what they allocate.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from gpubp.cuda import compile as cuda_compile
+from gpubp.cuda import kernels as cuda_kernels
 
 HERE = Path(__file__).resolve().parent
 SCALAR_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
@@ -47,9 +50,11 @@ def device(a) -> DeviceArray:
     return np.require(a, requirements="C").view(DeviceArray)
 
 
-def fake_cupy():
-    """The few CuPy names gpubp.cuda.kernels uses, on host memory. ``allocations`` lists
-    (function, shape) for every new device array they made (a pool allocation on CuPy)."""
+def emulated_cupy():
+    """The few CuPy names gpubp.cuda.kernels and its tests use, on host memory.
+    ``allocations`` lists (function, shape) for every new device array they made (a pool
+    allocation on CuPy). ``empty`` fills floats with NaN, as the GPU tests poison CuPy's
+    pool, so that an output element a kernel never writes shows."""
     allocations = []
 
     def allocating(name, make):
@@ -64,18 +69,42 @@ def fake_cupy():
             return a
         return allocating("ascontiguousarray", np.ascontiguousarray)(a, dtype=dtype)
 
+    def poisoned(a):
+        if a.dtype.kind in "fc":
+            a.fill(np.nan)
+        return a
+
     return SimpleNamespace(
         ndarray=DeviceArray,
         allocations=allocations,
         ascontiguousarray=ascontiguousarray,
         asarray=allocating("asarray", np.array),
         empty=allocating("empty", lambda shape, dtype=np.float64, order="C":
-                         np.empty(shape, dtype, order=order)),
+                         poisoned(np.empty(shape, dtype, order=order))),
         zeros=allocating("zeros", lambda shape, dtype=np.float64, order="C":
                          np.zeros(shape, dtype, order=order)),
-        empty_like=allocating("empty_like", np.empty_like),
+        full=allocating("full", lambda shape, value, dtype=None, order="C":
+                        np.full(shape, value, dtype, order=order)),
+        empty_like=allocating("empty_like", lambda a, *args, **kwargs:
+                              poisoned(np.empty_like(a, *args, **kwargs))),
+        full_like=allocating("full_like", np.full_like),
+        matmul=np.matmul,
         cuda=SimpleNamespace(runtime=SimpleNamespace(getDevice=lambda: 0)),
     )
+
+
+fake_cupy = emulated_cupy  # the name tests/test_kernels_compile.py imports
+
+
+def emulate(monkeypatch, function, cupy, sm_count=2):
+    """Point gpubp.cuda.kernels at the emulation for one test: ``cupy`` (an
+    :func:`emulated_cupy`) as ``import cupy``, ``function`` (e.g. :meth:`Emulator.function`)
+    as its kernel loader, ``sm_count`` "SMs" (few blocks: each costs host threads), and no
+    default scratch yet."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(cuda_kernels, "_function", function)
+    monkeypatch.setattr(cuda_kernels, "_sm_count", lambda: sm_count)
+    monkeypatch.setattr(cuda_kernels, "_default_scratch", {})
 
 
 def compiler():
@@ -88,26 +117,27 @@ class Emulator:
 
     def __init__(self, build_dir: Path):
         self.libraries = {}
-        for name in cuda_compile.SOURCES:
+        builds = {}
+        for name in cuda_compile.SOURCES:  # all at once: the build is most of a test run's setup
             source = build_dir / f"{Path(name).stem}.cpp"
             source.write_text(cuda_compile.kernel_source(name))
             library = build_dir / f"{Path(name).stem}.so"
-            done = subprocess.run(
+            builds[name] = library, subprocess.Popen(
                 [compiler(), "-std=c++17", "-O1", "-fPIC", "-shared", "-pthread",
                  "-Wno-unknown-pragmas", "-include", str(HERE / "cuda_emulation.h"),
                  str(source), str(HERE / "cuda_emulation.cpp"), "-o", str(library)],
-                capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"g++ failed on {name}:\n{done.stderr}")
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, (library, build) in builds.items():
+            _, errors = build.communicate()
+            if build.returncode != 0:
+                raise RuntimeError(f"g++ failed on {name}:\n{errors}")
             self.libraries[name] = ctypes.CDLL(str(library))
-        self.launched = []
 
     def function(self, name: str, source: str):
         library = self.libraries[source]
         kernel = getattr(library, name)
 
         def launch(grid, block, args):
-            self.launched.append(name)
             grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
             kernel.restype = None
             kernel.argtypes = [ctypes.c_void_p if isinstance(a, np.ndarray)

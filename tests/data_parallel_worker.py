@@ -11,16 +11,11 @@ import numpy as np
 import gpubp
 from gpubp.errors import TrainingInterrupted
 
-
-def blobs(n=90, seed=5):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    X = rng.normal(size=(n, 5)) + 2.0 * np.eye(3)[y] @ rng.normal(size=(3, 5))
-    return X, y
+from helpers import after_step, blobs
 
 
 def main(spec):
-    X, y = blobs()
+    X, y = blobs(90, seed=5, spread=2.0, dtype=np.float64, noise_first=True)
     net = gpubp.MLP([5, 7, 3], backend="numpy", dtype="float64", seed=0)
     optimizer = gpubp.SGD(0.3, momentum=0.5, weight_decay=1e-3)
     trainer = gpubp.Trainer(net, optimizer, batch_size=spec.get("batch", 10),
@@ -29,15 +24,7 @@ def main(spec):
     comm = trainer.comm
     stop_at = spec.get("stop_at")
     if stop_at is not None and comm.is_root:  # SIGTERM on rank 0 alone, after a step
-        step, count = optimizer.step, [0]
-
-        def counted(params, grads):
-            step(params, grads)
-            count[0] += 1
-            if count[0] == stop_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        optimizer.step = counted
+        after_step(optimizer, stop_at, lambda: os.kill(os.getpid(), signal.SIGTERM))
     checkpointing = {}
     if spec.get("dir"):
         checkpointing = {"checkpoint_dir": spec["dir"], "checkpoint_every": "4steps",

@@ -19,8 +19,10 @@ def fresh_resolution():
     backend._resolve.cache_clear()
 
 
-def fake_cupy(device_count=None, error=None, driver=12040, runtime=12090):
-    """A stand-in cupy module whose runtime reports what a test needs."""
+def probed_cupy(device_count=None, error=None, driver=12040, runtime=12090):
+    """A stand-in cupy module for backend probing: its runtime reports the device count,
+    error and versions a test needs, and it has no arrays (tests/cuda_emulator.py's
+    emulated_cupy is the one with arrays)."""
     def get_device_count():
         if error:
             raise RuntimeError(error)
@@ -59,7 +61,7 @@ def test_environment_variable_chooses_the_backend(monkeypatch):
 
 
 def test_environment_variable_applies_to_the_auto_default(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=1))
+    monkeypatch.setitem(sys.modules, "cupy", probed_cupy(device_count=1))
     monkeypatch.setenv("GPUBP_BACKEND", "numpy")
     assert gpubp.MLP((2, 2)).backend.name == "numpy"  # backend="auto" by default
     monkeypatch.setenv("GPUBP_BACKEND", "cupy")
@@ -80,13 +82,13 @@ def test_cupy_not_installed(monkeypatch):
     ({"device_count": 0}, "no CUDA device is visible"),
 ])
 def test_cupy_that_cannot_work_says_why(monkeypatch, kwargs, reason):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kwargs))
+    monkeypatch.setitem(sys.modules, "cupy", probed_cupy(**kwargs))
     with pytest.raises(BackendError, match=reason):
         gpubp.get_backend("cupy")
 
 
 def test_auto_falls_back_to_numpy_and_says_so_once(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=0))
+    monkeypatch.setitem(sys.modules, "cupy", probed_cupy(device_count=0))
     with caplog.at_level(logging.INFO, logger="gpubp"):
         assert gpubp.get_backend("auto").name == "numpy"
         assert gpubp.get_backend("auto").name == "numpy"
@@ -95,7 +97,7 @@ def test_auto_falls_back_to_numpy_and_says_so_once(monkeypatch, caplog):
 
 
 def test_auto_picks_a_working_cupy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=1))
+    monkeypatch.setitem(sys.modules, "cupy", probed_cupy(device_count=1))
     chosen = gpubp.get_backend("auto")
     assert chosen.name == "cupy" and chosen.device_name == "Fake GPU"
 

@@ -18,7 +18,7 @@ import gpubp
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.step import NumpyStepper
 
-from cuda_emulator import DeviceArray, Emulator, compiler, device, emulate, emulated_cupy
+from cuda_emulator import DeviceArray, compiler, device, emulate, emulated_cupy
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to build the emulation")
 
@@ -101,11 +101,6 @@ class FakeCublas:
         FakeCublas.calls.append(a.shape)
         self.capture.run_or_record(gemm)
         return out
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emulated_step"))
 
 
 @pytest.fixture

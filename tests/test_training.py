@@ -8,12 +8,7 @@ import pytest
 import gpubp
 from gpubp.datasets import load_digits
 
-
-def blobs(n=60, n_features=5, n_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, n_classes, size=n)
-    centers = rng.normal(scale=3, size=(n_classes, n_features))
-    return (centers[y] + rng.normal(size=(n, n_features))).astype(np.float32), y
+from helpers import blobs
 
 
 def train(seed, epochs=3, **kwargs):
