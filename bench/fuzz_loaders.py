@@ -36,8 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 import zipfile
 from pathlib import Path
 

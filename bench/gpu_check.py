@@ -39,8 +39,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.gpu_sections import (  # noqa: E402
-    DEFAULT_FAKE_ORDER, SECTIONS, Context, SectionSkipped, die_with_parent, error_entry,
-    registry, soft_budget, write_json_atomic)
+    DEFAULT_FAKE_ORDER,
+    SECTIONS,
+    Context,
+    SectionSkipped,
+    die_with_parent,
+    error_entry,
+    registry,
+    soft_budget,
+    write_json_atomic,
+)
 from bench.gpu_sections import targets as target_checks  # noqa: E402
 
 FORMAT = "gpu-check/2"

@@ -4,8 +4,14 @@ NumPy (CPU) or CuPy (NVIDIA GPU) with the same code."""
 from gpubp import datasets
 from gpubp.backend import Backend, get_backend, to_numpy
 from gpubp.errors import (
-    BackendError, CheckpointError, CheckpointMismatchError, DataError, DivergenceError,
-    GpubpError, ModelFileError, TrainingInterrupted,
+    BackendError,
+    CheckpointError,
+    CheckpointMismatchError,
+    DataError,
+    DivergenceError,
+    GpubpError,
+    ModelFileError,
+    TrainingInterrupted,
 )
 from gpubp.network import MLP
 from gpubp.optim import SGD

@@ -30,8 +30,18 @@ import numpy as np
 
 from gpubp import blas_choice, onednn
 from gpubp.blas_libraries import (
-    ENV_VAR, LIBRARIES, MAX_INT, Library, LibraryUnavailable, installed, library, numpy_gemm,
-    plan as _plan, signature,
+    ENV_VAR,
+    LIBRARIES,
+    MAX_INT,
+    Library,
+    LibraryUnavailable,
+    installed,
+    library,
+    numpy_gemm,
+    signature,
+)
+from gpubp.blas_libraries import (
+    plan as _plan,
 )
 from gpubp.errors import BackendError
 

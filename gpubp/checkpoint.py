@@ -36,8 +36,13 @@ import numpy as np
 from safetensors.numpy import save as safetensors_save
 
 from gpubp.errors import CheckpointError, CheckpointMismatchError
-from gpubp.fileio import (atomic_writer, open_regular, read_safetensors,
-                          read_safetensors_bytes, remove_if_abandoned)
+from gpubp.fileio import (
+    atomic_writer,
+    open_regular,
+    read_safetensors,
+    read_safetensors_bytes,
+    remove_if_abandoned,
+)
 
 MAGIC = b"GPUBPCK1"
 DIGEST_SIZE = 32

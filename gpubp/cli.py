@@ -26,14 +26,12 @@ import gpubp
 from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
-from gpubp.distributed import get_communicator, under_mpi_launcher
 from gpubp.datasets.files import CsvFormat, csv_header, iter_csv, load_file, read_table
 from gpubp.datasets.npz import npz_names, read_npz
 from gpubp.datasets.preprocessing import make_scaler, stratified_split
-from gpubp.errors import (BackendError, CheckpointError, DataError, GpubpError,
-                          TrainingInterrupted)
-from gpubp.fileio import (atomic_writer, check_writable, is_same_file, open_regular,
-                          user_cache_dir)
+from gpubp.distributed import get_communicator, under_mpi_launcher
+from gpubp.errors import BackendError, CheckpointError, DataError, GpubpError, TrainingInterrupted
+from gpubp.fileio import atomic_writer, check_writable, is_same_file, open_regular, user_cache_dir
 from gpubp.metrics import confusion_matrix, format_report, report
 from gpubp.model_info import ModelInfo
 from gpubp.schedules import make_schedule

@@ -21,7 +21,11 @@ from gpubp.backend import Backend, get_backend, to_numpy
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.model_info import ModelInfo
 from gpubp.validation import (
-    check_dtype, check_features, check_int, check_layer_sizes, check_targets,
+    check_dtype,
+    check_features,
+    check_int,
+    check_layer_sizes,
+    check_targets,
 )
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating large arrays

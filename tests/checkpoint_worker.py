@@ -19,12 +19,12 @@ import signal
 import sys
 import time
 
+from helpers import after_step as _after_step  # test_checkpoint.py calls worker._after_step
+from helpers import blobs  # test_checkpoint.py's worker.blobs(): its defaults are this run's
+
 import gpubp
 from gpubp import checkpoint
 from gpubp.errors import TrainingInterrupted
-
-from helpers import after_step as _after_step  # test_checkpoint.py calls worker._after_step
-from helpers import blobs  # test_checkpoint.py's worker.blobs(): its defaults are this run's
 
 ROWS, FEATURES, CLASSES, BATCH = 60, 5, 3, 8
 

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_emulator import Emulator, compiler
 
 from gpubp.backend import get_backend
 from gpubp.errors import BackendError
-
-from cuda_emulator import Emulator, compiler
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

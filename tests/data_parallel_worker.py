@@ -7,11 +7,10 @@ import signal
 import sys
 
 import numpy as np
+from helpers import after_step, blobs
 
 import gpubp
 from gpubp.errors import TrainingInterrupted
-
-from helpers import after_step, blobs
 
 
 def main(spec):

@@ -23,7 +23,10 @@ import time
 import numpy as np
 
 from gpubp.distributed import (
-    DistributedError, get_communicator, gradient_bytes, shard_bounds,
+    DistributedError,
+    get_communicator,
+    gradient_bytes,
+    shard_bounds,
 )
 
 FAILING_RANK = 1

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import checkpoint_worker as worker
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from gpubp import checkpoint
 from gpubp.checkpoint import CheckpointWarning
 from gpubp.cli import main
 from gpubp.errors import CheckpointError, CheckpointMismatchError, TrainingInterrupted
-
-import checkpoint_worker as worker
 
 WORKER = Path(worker.__file__)
 STEPS_PER_EPOCH = 6  # 48 training rows in batches of 8

@@ -11,11 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
 
 import gpubp  # noqa: E402
-from gpubp import blas  # noqa: E402
 from bench import compare, naive_numpy  # noqa: E402
 from bench.peers import gemm_only_peer  # noqa: E402
-from gpubp.step import make_stepper  # noqa: E402
 from bench.worker import run_job  # noqa: E402
+from gpubp import blas  # noqa: E402
+from gpubp.step import make_stepper  # noqa: E402
 
 TINY = {"sizes": [12, 7, 5, 3], "batch_size": 16, "lr": 0.1, "seed": 0, "warmup": 1,
         "repeats": 2, "threads": 1}

@@ -20,14 +20,13 @@ import re
 
 import numpy as np
 import pytest
+from cuda_emulator import device, emulate, emulated_cupy
+from helpers import TOLERANCE, assert_close, random_logits, xent_reference
 
 import gpubp
 from gpubp import ops, optim
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.errors import DataError
-
-from cuda_emulator import device, emulate, emulated_cupy
-from helpers import TOLERANCE, assert_close, random_logits, xent_reference
 
 CUPY = pytest.param("cupy", marks=pytest.mark.gpu)
 

@@ -8,17 +8,15 @@ a step; nothing allocated after warm-up; the graph self-check and the capture fa
 back to eager launches with a warning. Timings need a GPU (bench/gpu_check.py).
 """
 
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cuda_emulator import compiler, device, emulate, emulated_cupy
 
 import gpubp
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.step import NumpyStepper
-
-from cuda_emulator import DeviceArray, compiler, device, emulate, emulated_cupy
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to build the emulation")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_distributed import _mpiexec
 
 HERE = Path(__file__).resolve().parent

@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 
 from gpubp.datasets import (
-    MinMaxScaler, StandardScaler, load_dataset, load_digits, load_file, load_mnist, parse_idx,
-    read_idx, write_idx,
+    MinMaxScaler,
+    StandardScaler,
+    load_dataset,
+    load_digits,
+    load_file,
+    load_mnist,
+    mnist,
+    parse_idx,
+    read_idx,
+    write_idx,
 )
-from gpubp.datasets import mnist
 from gpubp.errors import DataError
-
 
 # ---- IDX -----------------------------------------------------------------------------
 

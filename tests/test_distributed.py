@@ -18,8 +18,13 @@ import pytest
 
 from gpubp import distributed
 from gpubp.distributed import (
-    Communicator, DistributedError, SingleProcessCommunicator, batch_rows, get_communicator,
-    gradient_bytes, shard_bounds,
+    Communicator,
+    DistributedError,
+    SingleProcessCommunicator,
+    batch_rows,
+    get_communicator,
+    gradient_bytes,
+    shard_bounds,
 )
 from gpubp.errors import BackendError
 

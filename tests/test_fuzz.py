@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
+import gpubp  # noqa: E402
 from bench import fuzz_loaders  # noqa: E402
 from bench.fuzz_loaders import MUTATIONS, TARGETS, run_case  # noqa: E402
-
-import gpubp  # noqa: E402
 from gpubp import checkpoint  # noqa: E402
 from gpubp.datasets import load_file, mnist, read_idx, write_idx  # noqa: E402
 from gpubp.errors import DataError, GpubpError, ModelFileError  # noqa: E402

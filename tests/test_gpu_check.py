@@ -22,7 +22,13 @@ sys.path.insert(0, str(REPO))  # bench/ is not installed
 
 from bench import gpu_check, report  # noqa: E402
 from bench.gpu_sections import (  # noqa: E402
-    SECTIONS, Context, jsonable, planned_steps, targets, write_json_atomic)
+    SECTIONS,
+    Context,
+    jsonable,
+    planned_steps,
+    targets,
+    write_json_atomic,
+)
 from bench.gpu_sections import step as step_section  # noqa: E402
 
 SCRIPT = str(REPO / "bench" / "gpu_check.py")

@@ -34,8 +34,7 @@ import pytest
 from safetensors.numpy import save as safetensors_save
 
 import gpubp
-from gpubp import checkpoint
-from gpubp import fileio
+from gpubp import checkpoint, fileio
 from gpubp.datasets import load_mnist, mnist, parse_idx, write_idx
 from gpubp.errors import DataError, ModelFileError
 from gpubp.fileio import SAFETENSORS_HEADER_LIMIT, cgroup_memory_room, read_safetensors_bytes

@@ -15,12 +15,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cuda_emulator import DeviceArray, device, fake_cupy
 
 from gpubp import optim
 from gpubp.cuda import compile as cuda_compile
 from gpubp.cuda import kernels as cuda_kernels
-
-from cuda_emulator import DeviceArray, device, fake_cupy
 
 nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
                             reason="NVRTC comes with CuPy (pip install cupy-cuda12x)")

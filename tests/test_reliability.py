@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 
+import checkpoint_worker as worker
 import numpy as np
 import pytest
 
@@ -18,9 +19,7 @@ import gpubp
 from gpubp import checkpoint, fileio
 from gpubp.checkpoint import CheckpointWarning
 from gpubp.cli import main
-from gpubp.errors import CheckpointError, ModelFileError
-
-import checkpoint_worker as worker
+from gpubp.errors import ModelFileError
 
 STEPS_PER_EPOCH = 6
 EPOCHS = 8

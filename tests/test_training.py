@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from helpers import blobs
 
 import gpubp
 from gpubp.datasets import load_digits
-
-from helpers import blobs
 
 
 def train(seed, epochs=3, **kwargs):
