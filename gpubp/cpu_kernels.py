@@ -1,6 +1,6 @@
 """The training step's elementwise math on the NumPy backend, arranged for the CPU.
 
-The three step functions of :mod:`gpubp.ops` (and of :mod:`gpubp.cuda_kernels`), with
+The step functions of :mod:`gpubp.ops` (and of :mod:`gpubp.cuda.kernels`), with
 their signatures and, up to rounding, their results:
 
 - :func:`bias_sigmoid` takes its exponential and reciprocal from MKL's vector math (VML)

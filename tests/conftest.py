@@ -1,11 +1,15 @@
 """Shared fixtures: backends to test on, the real MNIST folder, small random nets, and the
 CUDA kernels built for the CPU emulation. (Shared functions: tests/helpers.py.)"""
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cuda_emulator import Emulator, compiler
+from helpers import QuietHandler
 
 from gpubp.backend import get_backend
 from gpubp.errors import BackendError
@@ -55,3 +59,22 @@ def emulator(tmp_path_factory):
     if compiler() is None:
         pytest.skip("needs g++ to build the emulation")
     return Emulator(tmp_path_factory.mktemp("emulated_kernels"))
+
+
+@pytest.fixture
+def serve():
+    """serve(folder, handler=QuietHandler) -> the base URL of an HTTP server on 127.0.0.1
+    serving that folder (tests that download talk to it, never to the network)."""
+    servers = []
+
+    def start(folder, handler=QuietHandler):
+        bound = functools.partial(handler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), bound)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,8 @@ pytest puts tests/ on sys.path, and the worker scripts run from it, so both impo
 module as ``helpers``.
 """
 
+import http.server
+
 import numpy as np
 
 from gpubp import ops
@@ -79,3 +81,10 @@ def assert_close(got, want, tol, scale=1.0):
         return
     excess = xp.abs(got - want) - tol * (xp.abs(want) + scale)
     assert float(excess.max()) <= 0, f"max excess over tolerance {float(excess.max()):.3g}"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging every request to stderr (the ``serve`` fixture's)."""
+
+    def log_message(self, *args):
+        pass

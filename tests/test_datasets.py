@@ -1,11 +1,8 @@
 """Datasets: IDX files, the embedded digits, MNIST lookup/download/verification, user files."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -134,29 +131,6 @@ def test_missing_mnist_without_download_is_a_clear_error(isolated_env):
 
 
 # ---- MNIST: download from a loopback server ------------------------------------------
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def serve():
-    """serve(folder) -> base URL of an HTTP server on 127.0.0.1 serving that folder."""
-    servers = []
-
-    def start(folder):
-        handler = functools.partial(QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
 
 def test_fetch_file_verifies_and_falls_back_across_mirrors(tmp_path, serve):
     good, bad = tmp_path / "good", tmp_path / "bad"

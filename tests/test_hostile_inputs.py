@@ -10,10 +10,8 @@ in a fork of it."""
 
 import base64
 import bz2
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import lzma
@@ -22,7 +20,6 @@ import re
 import struct
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 import zipfile
@@ -31,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import QuietHandler
 from safetensors.numpy import save as safetensors_save
 
 import gpubp
@@ -583,11 +581,6 @@ def test_mnist_error_when_every_mirror_fails_says_where_it_looked(synthetic_mnis
 
 # ---- MNIST: a download deadline -------------------------------------------------------
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 class TricklingHandler(QuietHandler):
     """Sends its whole response, status line and headers included, a byte at a time
     every TRICKLE_S seconds: each read sees data well within any socket timeout."""
@@ -604,25 +597,6 @@ class TricklingHandler(QuietHandler):
 
 
 TRICKLE_S = 0.05
-
-
-@pytest.fixture
-def serve():
-    """serve(folder, handler) -> base URL of an HTTP server on 127.0.0.1 (as in
-    tests/test_datasets.py, with the handler chosen)."""
-    servers = []
-
-    def start(folder, handler=QuietHandler):
-        bound = functools.partial(handler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), bound)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def test_download_from_a_trickling_mirror_stops_at_the_deadline(tmp_path, serve):

@@ -30,7 +30,7 @@ from gpubp.cuda import kernels
 from gpubp.cuda.cublas import Cublas
 from gpubp.distributed import get_communicator
 from gpubp.optim import SGD
-from gpubp.step.workspace import Workspace
+from gpubp.step.workspace import Workspace, Workspaces
 
 GRAPHS_ENV = "GPUBP_CUDA_GRAPHS"
 SELF_CHECK_RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -81,7 +81,7 @@ class CudaStepper:
             self.use_graphs = self.use_graphs and self.comm.capturable
         self.loss_sum = _StreamScalar(self.scratch.loss_sum[0:1].reshape(()), self.stream)
         self.first_loss = _StreamScalar(cupy.zeros((), np.float64), self.stream)
-        self._workspaces: dict[int, Workspace] = {}
+        self._workspace = Workspaces(net, targets)
         self._tables: dict[tuple, object] = {}
         self._graphs: dict[int, object] = {}
         self._velocity_id = None  # the momentum buffers the tables and graphs point at
@@ -298,12 +298,6 @@ class CudaStepper:
         self.use_graphs = False
         return False
 
-    def _workspace(self, batch: int) -> Workspace:
-        work = self._workspaces.get(batch)
-        if work is None:
-            work = self._workspaces[batch] = Workspace(
-                self.net, batch, self.targets.shape[1:], self.targets.dtype)
-        return work
 
 
 class _StreamScalar:

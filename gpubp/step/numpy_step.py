@@ -24,7 +24,7 @@ import numpy as np
 from gpubp import blas, cpu_kernels
 from gpubp.distributed import get_communicator
 from gpubp.optim import SGD
-from gpubp.step.workspace import Workspace
+from gpubp.step.workspace import Workspace, Workspaces
 
 
 class NumpyStepper:
@@ -43,7 +43,7 @@ class NumpyStepper:
         self.params = net.parameters()
         self.loss_sum = np.zeros((), np.float64)
         self.first_loss = np.zeros((), np.float64)
-        self._workspaces: dict[int, Workspace] = {}
+        self._workspace = Workspaces(net, targets)
         self._order, self._lr = None, None
 
     def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0,
@@ -137,12 +137,6 @@ class NumpyStepper:
         return (type(opt) is SGD and not opt.momentum and not opt.weight_decay
                 and blas.fuses_update() and self.comm.size == 1)
 
-    def _workspace(self, batch: int) -> Workspace:
-        work = self._workspaces.get(batch)
-        if work is None:
-            work = self._workspaces[batch] = Workspace(
-                self.net, batch, self.targets.shape[1:], self.targets.dtype)
-        return work
 
 
 def softmax_cross_entropy_into(logits, targets, scale, work) -> float:

@@ -53,3 +53,19 @@ class Workspace:
             self.rows_scratch = np.empty((batch, sizes[-1]), dtype)
             widest = max(sizes[1:-1], default=1)
             self.slope = np.empty(min(widest * batch, max(BLOCK_VALUES, batch)), dtype)
+
+
+class Workspaces:
+    """A stepper's workspaces by batch size (the full batch, the last partial one, a
+    rank's share), each made on first use and kept."""
+
+    def __init__(self, net, targets):
+        self.net, self.target_shape, self.target_dtype = net, targets.shape[1:], targets.dtype
+        self._made: dict[int, Workspace] = {}
+
+    def __call__(self, batch: int) -> Workspace:
+        work = self._made.get(batch)
+        if work is None:
+            work = self._made[batch] = Workspace(self.net, batch, self.target_shape,
+                                                 self.target_dtype)
+        return work
