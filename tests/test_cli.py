@@ -263,8 +263,11 @@ def test_save_over_the_npz_dataset_is_refused(tmp_path, capsys):
 
 
 def test_ctrl_c_without_a_checkpoint_dir_is_one_line_and_130(tmp_path):
+    # SIGINT's default action, whatever this process inherited: a pytest-xdist worker
+    # ignores SIGINT, and a child would inherit that (Python then installs no handler).
     process = subprocess.Popen([sys.executable, "-m", "gpubp", "train", "--epochs", "100000"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = process.stdout.readline()  # "gpubp: training ..." once training starts
     assert line.startswith("gpubp: training")
     process.send_signal(signal.SIGINT)
