@@ -299,6 +299,10 @@ class Chooser:
         name = self._decided.get(shape_class)
         if name is not None:
             return name
+        if self.records:  # one library a process: two libraries' thread pools fight over
+            # the cores (a step split between them measured 1.2–2.6× slower, docs/cpu.md)
+            name = self._decided[shape_class] = self._fallback(shape_class)
+            return name
         record = self.cache.get("gemm", shape_class)
         if record is not None and record["library"] in self.candidates:
             self._adopt({**record, "source": "cache"})

@@ -290,6 +290,19 @@ def test_the_choice_is_cached_and_read_back_without_timing(tmp_path):
     assert again.cache.state == "read"
 
 
+def test_a_process_keeps_one_library_for_shapes_it_meets_later(tmp_path):
+    """Shapes cached from another workload, or new ones (a momentum step's gradient GEMMs
+    after a plain-SGD run's cache), take the library this process already uses: two
+    libraries' thread pools would fight over the cores."""
+    timer = StubTimer({"numpy": [1.0] * 3, "mkl": [0.5] * 3, "onednn": [0.9] * 3})
+    run_steps(chooser(tmp_path, timer), WORKLOAD)  # caches mkl for WORKLOAD
+    c = chooser(tmp_path, timer)
+    assert c.library_for(WORKLOAD[0]) == "mkl"  # read from the cache
+    later = ["f 99x98x97 NT =", "f 96x95x94 TN +"]
+    assert [c.library_for(s) for s in later * 2] == ["mkl"] * 4
+    assert len(timer.calls) == 1  # nothing timed again
+
+
 @pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe", b"[1, 2]",
                                      b'{"format": "gpubp-blas-choice/1", "gemm": 3}'])
 def test_a_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, content):
