@@ -141,7 +141,7 @@ def latest_metadata(directory) -> dict | None:
     for path in reversed(list_checkpoints(directory)):
         try:
             _, state = read_checkpoint(path)
-        except CheckpointError:
+        except (CheckpointError, OSError):  # unreadable, or gone: the next older one
             continue
         metadata = state.get("metadata")
         return metadata if isinstance(metadata, dict) else None
@@ -218,7 +218,7 @@ class CheckpointDirectory:
                 accepted = accept(path, *read_checkpoint(path))
             except CheckpointMismatchError:
                 raise
-            except CheckpointError as why:
+            except (CheckpointError, OSError) as why:  # corrupt, or EACCES/EIO: skipped
                 self._unreadable[path.name] = _identity(path)
                 warnings.warn(f"skipping checkpoint {path}: {why}", CheckpointWarning,
                               stacklevel=2)

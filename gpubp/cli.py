@@ -12,12 +12,14 @@ import csv
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,9 @@ import gpubp
 from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
-from gpubp.datasets.files import CsvFormat, csv_header, iter_csv, load_file, read_table
+from gpubp.datasets.files import CsvFormat, check_pair, csv_header, iter_csv, load_file, read_table
 from gpubp.datasets.npz import npz_names, read_npz
-from gpubp.datasets.preprocessing import make_scaler, stratified_split
+from gpubp.datasets.preprocessing import make_scaler, stratified_split_rows
 from gpubp.distributed import get_communicator, under_mpi_launcher
 from gpubp.errors import BackendError, CheckpointError, DataError, GpubpError, TrainingInterrupted
 from gpubp.fileio import atomic_writer, check_writable, is_same_file, open_regular, user_cache_dir
@@ -51,11 +53,18 @@ SCALES = ("standard", "minmax", "none")
 
 
 def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:  # a bad flag: with --json, still one JSON object on stdout
+        print(f"{e.usage}{e}", file=sys.stderr)
+        if "--json" in argv:
+            print(json.dumps({"error": {"type": "UsageError", "message": str(e)}}))
+        return 2
     as_json = getattr(args, "json", False)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
+    warnings.formatwarning = _one_line_warning
     # Under mpiexec every rank runs this; rank 0 alone prints, saves and logs.
     args.comm = get_communicator("auto") if under_mpi_launcher() else None
     agreed = False  # an exit every rank takes together (an interrupted run)
@@ -64,18 +73,46 @@ def main(argv=None) -> int:
     except TrainingInterrupted as e:
         code, agreed = _fail(args, e, e.exit_code, as_json, prefix=""), True
     except KeyboardInterrupt:
-        error = KeyboardInterrupt("interrupted by SIGINT; nothing was saved"
-                                  + (" (--checkpoint-dir makes a run resumable)"
-                                     if args.command == "train" else ""))
-        code = _fail(args, error, 130, as_json)
+        code = _fail(args, KeyboardInterrupt(_interrupted_message(args)), 130, as_json)
     except MemoryError as e:
         error = MemoryError(f"out of memory{f' ({e})' if str(e) else ''}")
         code = _fail(args, error, 1, as_json)
+    except BrokenPipeError:  # the reader went away (`gpubp predict ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except (GpubpError, ValueError, TypeError, OSError, ImportError) as e:
         code = _fail(args, e, 1, as_json)
+    except Exception as e:  # a bug of ours: still one line, and the JSON contract
+        code = _fail(args, e, 1, as_json, prefix=f"internal error ({type(e).__name__}): ")
     if args.comm is not None:  # a rank that fails alone ends the job, not hangs it
         code = args.comm.finish(code, agreed=agreed)
     return code
+
+
+class _UsageError(Exception):
+    """A command line argparse refuses (raised instead of its exit), with the usage."""
+
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: error: {message}", self.format_usage())
+
+
+def _interrupted_message(args) -> str:
+    if args.command != "train":
+        return "interrupted by SIGINT"
+    if getattr(args, "checkpoint_dir", None) or getattr(args, "resume", None):
+        return ("interrupted by SIGINT outside training (while loading, or after the last "
+                "step); the checkpoints written so far are kept")
+    return "interrupted by SIGINT; nothing was saved (--checkpoint-dir makes a run resumable)"
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"gpubp: warning: {message}\n"
 
 
 def _fail(args, error: BaseException, code: int, as_json: bool, prefix: str = "error: ") -> int:
@@ -94,9 +131,9 @@ def _is_root(args) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpubp", description=gpubp.__doc__)
+    parser = _Parser(prog="gpubp", description=gpubp.__doc__)
     parser.add_argument("--version", action="version", version=f"gpubp {gpubp.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a network and report its test accuracy")
     _add_data_arguments(train)
@@ -254,9 +291,10 @@ def _train(args) -> int:
 
     data = _training_data(args)
     _check_outputs(args, data)
-    if scaler is not None:
-        data.X_train = scaler.fit_transform(data.X_train)
-        data.X_test = scaler.transform(data.X_test)
+    source = _data_source(args, data)  # hashed now: the files may change while training
+    if scaler is not None:  # fitted on the float64 values, then rounded to the dtype
+        data.X_train = scaler.fit_transform(data.X_train, args.dtype)
+        data.X_test = scaler.transform(data.X_test, args.dtype)
     if args.comm is not None and args.backend != "numpy":
         _use_local_device(args.comm)
     net = gpubp.MLP([data.n_features, *args.layers, data.n_classes], backend=args.backend,
@@ -298,7 +336,7 @@ def _train(args) -> int:
                              feature_names=data.feature_names,
                              label_column=_csv_format(args).label_column if args.no_header
                              else data.label_name,
-                             provenance=_provenance(args, net, data, history, test))
+                             provenance=_provenance(args, net, source, history, test))
         net.save(args.save)
     if not root:
         return 0
@@ -347,7 +385,7 @@ def _training_data(args):
                      header=fmt.header, test_path=args.test)
 
 
-def _csv_format(args, default_label="label") -> CsvFormat:
+def _csv_format(args, default_label: str | None = "label") -> CsvFormat:
     """The CSV reading options of the command line."""
     delimiter = args.delimiter
     if delimiter is not None:
@@ -357,7 +395,9 @@ def _csv_format(args, default_label="label") -> CsvFormat:
             raise ValueError(f"--delimiter: expected one character (or 'tab'), "
                              f"got {args.delimiter!r}")
     label = args.label_column if args.label_column is not None else default_label
-    if args.no_header and isinstance(label, str):
+    if args.no_header and args.label_column is None and default_label is None:
+        label = None  # predict: a header-less file of features only
+    elif args.no_header and isinstance(label, str):
         try:
             label = int(label)
         except ValueError:
@@ -380,16 +420,21 @@ def _check_outputs(args, data) -> None:
         raise ValueError(f"--log: {args.log} is also the --save path")
 
 
-def _provenance(args, net, data, history, test) -> dict:
-    """Where a saved model came from: versions, backend, data checksum, date, options."""
+def _data_source(args, data) -> dict:
+    """Which data trained the model, with its sha256: a user's file (and --test file) as
+    bytes, a built-in dataset as its arrays."""
     if args.dataset in BUILTIN:
-        source = {"dataset": args.dataset,
-                  "data_sha256": data_fingerprint(data.X_train, data.y_train)}
-    else:
-        source = {"dataset": str(Path(args.dataset).resolve()),
-                  "data_sha256": _file_sha256(args.dataset)}
-        if args.test:
-            source.update(test=str(Path(args.test).resolve()), test_sha256=_file_sha256(args.test))
+        return {"dataset": args.dataset,
+                "data_sha256": data_fingerprint(data.X_train, data.y_train)}
+    source = {"dataset": str(Path(args.dataset).resolve()),
+              "data_sha256": _file_sha256(args.dataset)}
+    if args.test:
+        source.update(test=str(Path(args.test).resolve()), test_sha256=_file_sha256(args.test))
+    return source
+
+
+def _provenance(args, net, source, history, test) -> dict:
+    """Where a saved model came from: versions, backend, data checksum, date, options."""
     return {
         "gpubp": gpubp.__version__, "python": platform.python_version(),
         "numpy": np.__version__, "backend": net.backend.name,
@@ -501,18 +546,20 @@ def _eval(args) -> int:
     human = sys.stderr if args.json else sys.stdout
     net = gpubp.MLP.load(args.model, backend=args.backend)
     dataset = args.dataset or "digits"
-    X, labels, source = _evaluation_rows(args, net, dataset)
+    X, labels, text, source = _evaluation_rows(args, net, dataset)
     n_classes = net.layer_sizes[-1]
     info = net.info
     if X.shape[1] != net.layer_sizes[0]:
         raise ValueError(f"--dataset: {source} has {X.shape[1]} features, the model takes "
                          f"{net.layer_sizes[0]}")
-    truth = info.class_index(labels, n_classes, source)
+    truth = info.class_index(labels, n_classes, source, text=text)
     X = info.transform(X, net.dtype)
     metrics = net.evaluate(X, truth)
     predicted = gpubp.to_numpy(net.predict(X))
     confusion = confusion_matrix(truth, predicted, n_classes)
     class_labels = info.class_labels(n_classes)
+    if not _is_root(args):
+        return 0
     print(f"{args.model} on {source}: {len(truth)} rows, accuracy "
           f"{100 * metrics['accuracy']:.2f}%, mean loss {metrics['loss']:.4f}", file=human)
     print(format_report(class_labels.tolist(), confusion), file=human)
@@ -528,7 +575,8 @@ def _eval(args) -> int:
 
 
 def _evaluation_rows(args, net, dataset):
-    """(X, labels in their original values, a description) of the rows to score."""
+    """(X, labels in their original values, the labels as written (a CSV's) or None, a
+    description) of the rows to score."""
     if dataset in BUILTIN:
         split = args.split or "test"
         data = load_dataset(dataset, data_dir=args.data_dir, download=not args.no_download)
@@ -536,7 +584,7 @@ def _evaluation_rows(args, net, dataset):
                  "all": [(data.X_train, data.y_train), (data.X_test, data.y_test)]}[split]
         X = np.concatenate([p[0] for p in parts])
         labels = data.classes[np.concatenate([p[1] for p in parts])]
-        return X, labels, f"{dataset} ({split})"
+        return X, labels, None, f"{dataset} ({split})"
     if Path(dataset).suffix.lower() not in (".npz", ".csv"):
         raise ValueError(f"--dataset: expected 'digits', 'mnist' or a .npz/.csv path, "
                          f"got {dataset!r}")
@@ -547,16 +595,38 @@ def _evaluation_rows(args, net, dataset):
     if path.suffix.lower() == ".npz" and {"X_train", "y_train"} <= npz_names(path):
         keys = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}[split]
         arrays = read_npz(path, [f"{k}_{p}" for p in keys for k in ("X", "y")])
-        X = np.concatenate([arrays[f"X_{p}"] for p in keys]).astype(np.float64)
-        labels = np.concatenate([arrays[f"y_{p}"] for p in keys])
-        return X, labels, f"{path} ({split})"
+        pairs = [check_pair(f"{path} (X_{p}, y_{p})", arrays[f"X_{p}"], arrays[f"y_{p}"])
+                 for p in keys]
+        if len({X.shape[1] for X, _ in pairs}) > 1:
+            raise DataError(f"{path}: X_train and X_test have different feature counts")
+        X = np.concatenate([X for X, _ in pairs]).astype(np.float64)
+        return X, np.concatenate([y for _, y in pairs]), None, f"{path} ({split})"
     table = read_table(path, fmt)
-    X, labels = table.X, table.y
+    X = _in_training_order(path, table, net.info.feature_names)
+    labels, text = table.y, table.labels_text
     if split != "all":  # the split `gpubp train` made of this file (fraction 0.2, seed 0)
-        X_train, y_train, X_test, y_test = stratified_split(X, labels, 0.2, 0)
-        X, labels = (X_test, y_test) if split == "test" else (X_train, y_train)
-        return X, labels, f"{path} ({split} part)"
-    return X, labels, str(path)
+        train_rows, test_rows = stratified_split_rows(labels, 0.2, 0)
+        rows = test_rows if split == "test" else train_rows
+        return (X[rows], labels[rows], None if text is None else text[rows],
+                f"{path} ({split} part)")
+    return X, labels, text, str(path)
+
+
+def _in_training_order(source, table, feature_names):
+    """A table's features in the model's column order, by their header names: the same
+    names in another order are reordered; different names are an error naming them."""
+    if feature_names is None or table.feature_names is None:
+        return table.X
+    if table.feature_names == feature_names:
+        return table.X
+    if sorted(table.feature_names) != sorted(feature_names) or len(set(feature_names)) != len(
+            feature_names):
+        missing = [n for n in feature_names if n not in table.feature_names]
+        extra = [n for n in table.feature_names if n not in feature_names]
+        raise DataError(f"{source}: its feature columns are not the model's: missing "
+                        f"{missing[:5]}, not in the model {extra[:5]} (the model was trained "
+                        f"on {feature_names[:8]}{'...' if len(feature_names) > 8 else ''})")
+    return table.X[:, [table.feature_names.index(n) for n in feature_names]]
 
 
 def _predict(args) -> int:
@@ -576,7 +646,11 @@ def _predict(args) -> int:
     class_labels = info.class_labels(n_classes)
     columns = ["label"] + ([f"proba_{c}" for c in class_labels.tolist()] if args.proba else [])
     chunks = _prediction_inputs(args, net, source)
+    first = next(chunks)  # the input's errors come before any output is written
+    chunks = itertools.chain([first], chunks)
     rows, digits = 0, 9 if net.dtype == np.float32 else 17  # enough to round-trip
+    if not _is_root(args):
+        return 0
     if args.out is None or Path(args.out).suffix.lower() == ".csv":
         with (atomic_writer(args.out) if args.out else _stdout_bytes()) as f:
             text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
@@ -622,22 +696,36 @@ def _prediction_inputs(args, net, source: Path):
         for i in range(0, len(X), PREDICT_CHUNK):
             yield X[i:i + PREDICT_CHUNK]
         return
-    fmt = _csv_format(args)
+    fmt = _csv_format(args, default_label=None)
     if args.label_column is None:  # a label column is dropped when the file has one
         fmt.label_column = _input_label_column(args, net, source, fmt)
     for chunk in iter_csv(source, fmt, PREDICT_CHUNK):
-        _check_width(source, chunk.X.shape[1], n_features)
-        yield chunk.X
+        X = _in_training_order(source, chunk, net.info.feature_names)
+        _check_width(source, X.shape[1], n_features)
+        yield X
 
 
 def _input_label_column(args, net, source, fmt):
     """The label column of a prediction input: the model's label column when the header
-    has it; None (every column a feature) otherwise."""
+    has it; None (every column a feature) otherwise. A first row of numbers is refused:
+    it is data, and the file needs --no-header."""
     if not fmt.header:
         return None
     header = csv_header(source, fmt.delimiter)
+    if header and all(_is_number(field) for field in header):
+        raise DataError(f"{source}: its first row holds numbers ({', '.join(header[:4])}"
+                        f"{', ...' if len(header) > 4 else ''}), not column names; "
+                        "for a file without a header row pass --no-header")
     label = net.info.label_column if isinstance(net.info.label_column, str) else "label"
     return label if label in header else None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_width(source, width: int, n_features: int) -> None:

@@ -25,6 +25,7 @@ import os
 import resource
 import secrets
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -443,8 +444,9 @@ def check_writable(path, name: str = "path") -> Path:
     """Check, before any work, that a file can later be written at ``path``.
 
     The path must not be a directory, its folder must exist (or be creatable under
-    existing folders) and be writable. Nothing is created. Raises ValueError naming
-    ``name`` and the problem.
+    existing folders), and a file must be creatable there: a probe file is made and
+    removed, since permission bits alone say nothing to root or of a read-only mount.
+    Nothing else is created. Raises ValueError naming ``name`` and the problem.
     """
     path = Path(path)
     if path.is_dir():
@@ -458,8 +460,12 @@ def check_writable(path, name: str = "path") -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise ValueError(f"{name}: {path} lies under {folder}, which is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}: cannot write in {folder} (permission denied)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gpubp-probe-", dir=folder)
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
@@ -480,7 +486,11 @@ def atomic_writer(path):
         mode = None
     tmp = temporary_name(path, secrets.token_hex(_TOKEN_BYTES))
     try:
-        with open(tmp, "xb") as f:
+        f = open(tmp, "xb")
+    except OSError as e:  # name the file being written, not our temporary name
+        raise type(e)(e.errno, f"cannot write {path} ({e.strerror})") from None
+    try:
+        with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # held while writing: not stale
             if mode is not None:
                 os.fchmod(f.fileno(), mode)

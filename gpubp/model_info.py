@@ -45,13 +45,16 @@ class ModelInfo:
         """The label of each class index: ``classes``, or 0..C−1 when none are stored."""
         return self.classes if self.classes is not None else np.arange(n_classes)
 
-    def class_index(self, labels, n_classes: int, source) -> np.ndarray:
-        """The class index (int64, (N,)) of each label, matched by value against the
-        stored classes; labels read as text are parsed as numbers when the classes are
-        numbers. A label the model does not know is a DataError naming it and its rows."""
+    def class_index(self, labels, n_classes: int, source, text=None) -> np.ndarray:
+        """The class index (int64, (N,)) of each label, matched against the stored classes:
+        text classes against the labels as written (``text``, a CSV's, when given), number
+        classes by value (labels read as text parsed as numbers). A label the model does
+        not know is a DataError naming it and its rows."""
         classes = self.class_labels(n_classes)
         labels = np.asarray(labels)
-        if classes.dtype.kind in "iuf" and labels.dtype.kind in "OUS":
+        if classes.dtype.kind not in "biuf":
+            labels = np.asarray(text) if text is not None else labels
+        elif labels.dtype.kind in "OUS":
             labels = _parsed_numbers(labels)
         return class_indices(classes, labels, source)
 

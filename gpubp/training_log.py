@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import warnings
 from pathlib import Path
 
 from gpubp.errors import DataError
 from gpubp.fileio import atomic_writer, read_regular
+from gpubp.training_state import finite_number
 
 COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_accuracy", "wall_time",
            "samples_per_s")
@@ -41,8 +42,9 @@ class TrainingLog:
         if resume and self.path.exists():
             try:
                 self.rows = {row["epoch"]: row for row in read_log(self.path)}
-            except DataError:
-                self.rows = {}  # an unreadable earlier log is replaced
+            except DataError as why:
+                warnings.warn(f"{why}; its rows are not carried on, and the log starts "
+                              "again with the resumed epochs", stacklevel=2)
 
     def __call__(self, record: dict) -> None:
         """Add ``record`` (dropping rows of later epochs, now being redone) and rewrite."""
@@ -80,8 +82,7 @@ def read_log(path) -> list[dict]:
         raise DataError(f"{path}: not a gpubp training log ({e})") from e
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or set(row) != set(COLUMNS) or not all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                              and math.isfinite(v)) for v in row.values()):
+                v is None or finite_number(v) for v in row.values()):
             raise DataError(f"{path}: row {i + 1} is not a log row with columns {COLUMNS}")
         row["epoch"] = int(row["epoch"])
     return rows

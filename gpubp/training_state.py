@@ -229,7 +229,7 @@ def _optimizer_state(optimizer) -> dict:
     return state_dict() if callable(state_dict) else {}
 
 
-def _finite_number(value) -> bool:
+def finite_number(value) -> bool:
     """A JSON number that is finite as a float (a 400-digit integer is not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -259,7 +259,7 @@ class _Reader:
         value = self.state.get(key)
         if value is None and optional:
             return None
-        if not _finite_number(value):
+        if not finite_number(value):
             raise self.bad(key, "a finite number")
         return float(value)
 
@@ -291,7 +291,7 @@ def _history(reader: _Reader, history_type):
     for i, record in enumerate(records):
         if not isinstance(record, dict) or set(record) != set(history_type.KEYS) \
                 or record["epoch"] != i + 1 or not all(
-                    value is None or _finite_number(value) for value in record.values()):
+                    value is None or finite_number(value) for value in record.values()):
             raise reader.bad("history", f"records with keys {history_type.KEYS} (record {i})")
         history.records.append(dict(record))
     history.best_epoch, history.stopped_early = best_epoch, stopped

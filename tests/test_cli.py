@@ -69,8 +69,8 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     assert main(["eval", str(tmp_path / "bad.safetensors")]) == 1
     assert "not a readable safetensors file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--layers", "a,b"])
+    assert main(["train", "--layers", "a,b"]) == 2  # argparse's status, without exiting
+    assert "--layers: expected comma-separated integers" in capsys.readouterr().err
 
 
 def test_info_json(capsys):
@@ -452,3 +452,123 @@ def test_info_lists_blas_threads_kernel_cache_and_devices(capsys):
     facts = json.loads(capsys.readouterr().out)
     assert facts["blas"] and facts["blas_threads"] >= 1
     assert facts["kernel_cache"].endswith("kernels") and facts["cuda_devices"] == []
+
+
+# ---- found by review: each a regression test -------------------------------------------
+
+def test_a_data_file_gone_during_training_does_not_lose_the_model(tmp_path, monkeypatch):
+    X, y = three_blobs()
+    data = write_csv(tmp_path / "d.csv", X, y)
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    fit = gpubp.Trainer.fit
+
+    def fit_then_delete(self, *args, **kwargs):
+        data.unlink()  # the data changes while the network trains
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(gpubp.Trainer, "fit", fit_then_delete)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(data), "--epochs", "2", "--quiet",
+                 "--save", str(model)]) == 0
+    assert gpubp.MLP.load(model).info.provenance["data_sha256"] == digest
+
+
+def test_a_save_folder_that_refuses_files_fails_before_training(tmp_path, capsys):
+    """/proc refuses new files even to root, whose permission bits say yes to anything."""
+    assert main(["train", "--epochs", "3", "--save", "/proc/gpubp-model.safetensors"]) == 1
+    captured = capsys.readouterr()
+    assert "--save: cannot write in /proc" in captured.err and "epoch" not in captured.out
+
+
+def test_training_and_eval_scale_the_same_values(tmp_path):
+    """Features near 1.7e9 (float32 steps of 128 there): training scaled rounded values
+    and eval exact ones, so the same rows scored 73% and 83%."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 120)
+    X = 1.7e9 + rng.normal(scale=10, size=(240, 2))
+    X[:, 0] += 60 * y
+    data = write_csv(tmp_path / "big.csv", X, y)
+    model = tmp_path / "m.safetensors"
+    trained = json.loads(stdout_of(["train", "--dataset", str(data), "--epochs", "30",
+                                    "--quiet", "--json", "--save", str(model)]))
+    evaluated = json.loads(stdout_of(["eval", str(model), "--dataset", str(data), "--split",
+                                      "test", "--json"]))
+    assert evaluated["rows"] == trained["test_rows"]
+    assert evaluated["accuracy"] == pytest.approx(trained["test_accuracy"])
+    assert trained["test_accuracy"] > 0.95
+
+
+def test_number_like_labels_map_onto_text_classes(tmp_path):
+    """Classes "1", "2", "bird": a file holding only 1s and 2s is not unknown labels."""
+    X, y = three_blobs(labels=(1, 2, "bird"))
+    write_csv(tmp_path / "train.csv", X, y)
+    keep = y != "bird"
+    write_csv(tmp_path / "part.csv", X[keep], y[keep])
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "train.csv"), "--test",
+                 str(tmp_path / "part.csv"), "--epochs", "10", "--quiet", "--save",
+                 str(model)]) == 0
+    assert gpubp.MLP.load(model).info.classes.tolist() == ["1", "2", "bird"]
+    result = json.loads(stdout_of(["eval", str(model), "--dataset", str(tmp_path / "part.csv"),
+                                   "--json"]))
+    assert result["rows"] == 200 and result["accuracy"] > 0.8
+
+
+def test_a_missing_label_is_an_error_naming_its_line(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n2,\n3,1\n")
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--quiet"]) == 1
+    assert "d.csv:3: missing label in column 'label'" in capsys.readouterr().err
+
+
+def test_predict_a_header_less_file_of_features(tmp_path, capsys):
+    X, y = three_blobs()
+    write_csv(tmp_path / "d.csv", X, y)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "3", "--quiet",
+                 "--save", str(model)]) == 0
+    (tmp_path / "rows.csv").write_text("\n".join(f"{a},{b}" for a, b in X[:5]))
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "rows.csv")]) == 1  # row 1 is data
+    captured = capsys.readouterr()
+    assert "pass --no-header" in captured.err and captured.out == ""  # nothing written
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--no-header"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 5
+
+
+def test_feature_columns_are_matched_by_name(tmp_path, capsys):
+    X, y = three_blobs()
+    write_csv(tmp_path / "d.csv", X, y, header=("width", "height"))
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "5", "--quiet",
+                 "--save", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
+    in_order = capsys.readouterr().out
+    swapped = ["label,height,width"] + [f"{c},{b},{a}" for (a, b), c in zip(X, y)]
+    (tmp_path / "swapped.csv").write_text("\n".join(swapped))
+    assert main(["predict", str(model), str(tmp_path / "swapped.csv")]) == 0
+    assert capsys.readouterr().out == in_order  # reordered by name
+    write_csv(tmp_path / "other.csv", X, y, header=("width", "depth"))
+    assert main(["eval", str(model), "--dataset", str(tmp_path / "other.csv")]) == 1
+    assert "missing ['height'], not in the model ['depth']" in capsys.readouterr().err
+
+
+def test_eval_of_an_npz_split_checks_each_part(tmp_path, capsys):
+    np.savez(tmp_path / "s.npz", X_train=np.zeros((4, 2)), y_train=np.arange(4) % 2,
+             X_test=np.zeros((4, 3)), y_test=np.arange(4) % 2)
+    net = gpubp.MLP([2, 2], backend="numpy")
+    net.save(tmp_path / "m.safetensors")
+    assert main(["eval", str(tmp_path / "m.safetensors"), "--dataset",
+                 str(tmp_path / "s.npz")]) == 1
+    assert "s.npz: X_train and X_test have different feature counts" in capsys.readouterr().err
+
+
+def test_json_errors_for_bad_flags_and_internal_errors(capsys, monkeypatch):
+    assert main(["train", "--json", "--epochs", "abc"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "UsageError" and "--epochs" in error["message"]
+    monkeypatch.setattr(gpubp.MLP, "evaluate", lambda *a, **k: {}["loss"])  # a KeyError
+    assert main(["train", "--epochs", "1", "--json", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["type"] == "KeyError"
+    assert "internal error (KeyError)" in captured.err and "Traceback" not in captured.err

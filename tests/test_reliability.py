@@ -321,3 +321,29 @@ def test_json_run_options_keep_their_types(tmp_path):
     assert options["layers"] == [4] and options["epochs"] == 1
     assert json.loads(json.dumps(options)) == options
     assert math.isclose(options["lr"], 0.3)
+
+
+def test_a_log_with_a_huge_integer_is_a_clean_error(tmp_path, capsys):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps({"epoch": 1, "lr": 10**400, "train_loss": 1.0, "val_loss": None,
+                               "val_accuracy": None, "wall_time": 1.0,
+                               "samples_per_s": 1.0}) + "\n")
+    assert main(["plot", str(log), "--out", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err
+    assert "not a log row" in err and "Traceback" not in err
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, monkeypatch):
+    interrupted_run(tmp_path, 10)
+    newest = checkpoint.list_checkpoints(tmp_path)[-1]
+    read = checkpoint.read_checkpoint
+
+    def denied(path):
+        if path == newest:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read(path)
+
+    monkeypatch.setattr(checkpoint, "read_checkpoint", denied)
+    with pytest.warns(CheckpointWarning, match="Permission denied"):
+        net, history = resume(tmp_path)
+    assert len(history) == EPOCHS

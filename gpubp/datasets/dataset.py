@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclasses.dataclass
 class Dataset:
-    """Train and test arrays on the host: X (N, n_features) float32, y (N,) int64 in 0..C−1.
+    """Train and test arrays on the host: X (N, n_features) float32 (float64 for a user's
+    file, so that scaling comes before rounding), y (N,) int64 in 0..C−1.
 
     ``classes`` holds the original label of each class index (user files may label
     classes 1..10 or by name); ``feature_names`` the feature columns of a CSV header, and

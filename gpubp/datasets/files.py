@@ -9,7 +9,9 @@ column.
 
 For training, labels may be any values (0..9, 1..10, names); the classes are the
 training rows' distinct labels in sorted order, ``Dataset.classes`` keeps the originals,
-and test rows map through them (a label the training rows lack is an error).
+and test rows map through them (a label the training rows lack is an error). Text
+classes are matched against labels as written, so a file of only "1" and "2" maps onto
+the classes "1", "2", "bird".
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ MAX_SPARSE_CLASSES, MIN_ROWS_PER_CLASS = 1000, 10
 @dataclasses.dataclass
 class Table:
     """A user's file as read: features X (N, F) float64, labels (N,) as found (or None),
-    the feature names of a CSV header (or None) and the label column's name."""
+    the feature names of a CSV header (or None) and the label column's name; for a CSV
+    also its labels as written, which text classes are matched against."""
 
     X: np.ndarray
     y: np.ndarray | None
     feature_names: list[str] | None = None
     label_name: str | None = None
+    labels_text: np.ndarray | None = None  # a CSV's labels as written (object array)
 
 
 @dataclasses.dataclass
@@ -81,8 +85,10 @@ def read_csv(path, fmt: CsvFormat | None = None) -> Table:
     if not blocks:
         raise DataError(f"{path}: no data rows")
     X = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    y = _numeric_if_possible(labels) if label_name is not None else None
-    return Table(X, y, names, label_name)
+    if label_name is None:
+        return Table(X, None, names, None)
+    return Table(X, _numeric_if_possible(labels), names, label_name,
+                 np.array(labels, dtype=object))
 
 
 def iter_csv(path, fmt: CsvFormat, chunk_rows: int = CHUNK_ROWS):
@@ -205,7 +211,11 @@ def _blocks(reader, path, columns: _Columns, chunk_rows: int):
                             f"{path}:{line_no}: {len(row)} fields, the first row has "
                             f"{columns.width}")
         if columns.label_at is not None:
-            labels.append(row.pop(columns.label_at).strip())
+            label = row.pop(columns.label_at).strip()
+            if not label:
+                raise DataError(f"{path}:{line_no}: missing label in column "
+                                f"{columns.label_name!r}")
+            labels.append(label)
         rows.append(row)
         lines.append(line_no)
         if len(rows) == chunk_rows:
@@ -272,7 +282,7 @@ def _numeric_if_possible(labels: list) -> np.ndarray:
 def load_npz(path):
     """(X, y) from an .npz holding arrays ``X`` (N, F) and ``y`` (N,); never unpickles."""
     arrays = read_npz(path, ("X", "y"))
-    return _check_pair(path, arrays["X"], arrays["y"])
+    return check_pair(path, arrays["X"], arrays["y"])
 
 
 def read_table(path, fmt: CsvFormat | None = None, *, labels: bool = True) -> Table:
@@ -286,7 +296,7 @@ def read_table(path, fmt: CsvFormat | None = None, *, labels: bool = True) -> Ta
         return read_csv(path, fmt)
     keys = ("X", "y") if labels or "y" in npz_names(path) else ("X",)
     arrays = read_npz(path, keys)
-    X, y = _check_pair(path, arrays["X"], arrays.get("y", np.zeros(len(arrays["X"]))))
+    X, y = check_pair(path, arrays["X"], arrays.get("y", np.zeros(len(arrays["X"]))))
     return Table(X, y if "y" in arrays else None, None, "y" if "y" in arrays else None)
 
 
@@ -303,7 +313,7 @@ def load_file(path, *, test_fraction: float = 0.2, split_seed: int = 0,
     """
     path = Path(path)
     fmt = CsvFormat(delimiter, header, label_column)
-    names, label_name = None, None
+    names, label_name, test_text = None, None, None
     if test_path is not None:
         train, test = read_table(path, fmt), read_table(test_path, fmt)
         if train.X.shape[1] != test.X.shape[1]:
@@ -311,10 +321,11 @@ def load_file(path, *, test_fraction: float = 0.2, split_seed: int = 0,
                             f"{path} has {train.X.shape[1]}")
         X_train, y_train, X_test, y_test = train.X, train.y, test.X, test.y
         names, label_name, test_source = train.feature_names, train.label_name, test_path
+        test_text = test.labels_text
     elif path.suffix.lower() == ".npz" and {"X_train", "y_train"} <= npz_names(path):
         arrays = read_npz(path, ("X_train", "y_train", "X_test", "y_test"))
-        X_train, y_train = _check_pair(path, arrays["X_train"], arrays["y_train"])
-        X_test, y_test = _check_pair(path, arrays["X_test"], arrays["y_test"])
+        X_train, y_train = check_pair(path, arrays["X_train"], arrays["y_train"])
+        X_test, y_test = check_pair(path, arrays["X_test"], arrays["y_test"])
         if X_train.shape[1] != X_test.shape[1]:
             raise DataError(f"{path}: X_train and X_test have different feature counts")
         _check_same_label_kind(path, y_train, y_test)
@@ -330,8 +341,11 @@ def load_file(path, *, test_fraction: float = 0.2, split_seed: int = 0,
             raise DataError(f"{path}: too few rows to split off a test part ({e})") from e
     _check_classification(path, y_train)
     classes = _classes(path, y_train)
-    return Dataset(path.stem, _as_float32(path, X_train), class_indices(classes, y_train, path),
-                   _as_float32(test_source, X_test),
+    if classes.dtype.kind not in "biuf" and test_text is not None:
+        y_test = test_text  # text classes: the test file's labels as written, not parsed
+    # Features stay float64 here: scaling (the command line's) comes before any rounding.
+    return Dataset(path.stem, _checked_range(path, X_train),
+                   class_indices(classes, y_train, path), _checked_range(test_source, X_test),
                    class_indices(classes, y_test, test_source), classes,
                    feature_names=names, label_name=label_name)
 
@@ -401,15 +415,19 @@ def _check_same_label_kind(path, y_train, y_test) -> None:
                         f"{_label_kind(y_test)}; the labels must be of one type")
 
 
-def _as_float32(path, X):
+def _checked_range(path, X) -> np.ndarray:
+    """X as float64, refused when a value is beyond float32's range (a float32 network
+    could not take it; a DataError here names the file)."""
+    X = np.asarray(X, dtype=np.float64)
     with np.errstate(over="ignore"):
-        X32 = X.astype(np.float32)
-    if not np.isfinite(X32).all():
-        raise DataError(f"{path}: X has values beyond the range of float32")
-    return X32
+        if not np.isfinite(X.astype(np.float32)).all():
+            raise DataError(f"{path}: X has values beyond the range of float32")
+    return X
 
 
-def _check_pair(path, X, y):
+def check_pair(path, X, y):
+    """(X, y) of a user's file, checked: numeric 2-D X, 1-D labels of numbers or strings,
+    one per row, finite, and at least one row. Raises DataError naming ``path``."""
     if X.dtype.kind not in "iuf":
         raise DataError(f"{path}: X has non-numeric dtype {X.dtype}")
     if X.ndim != 2 or X.shape[1] == 0:

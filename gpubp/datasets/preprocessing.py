@@ -118,13 +118,19 @@ def stratified_indices(labels, fraction: float, rng: np.random.Generator, name="
     return first, second
 
 
-def stratified_split(X, y, fraction: float, seed=None):
-    """(X_a, y_a, X_b, y_b) with ``fraction`` of each class of ``y`` in the b part.
+def stratified_split_rows(y, fraction: float, seed=None):
+    """(rows_a, rows_b): sorted row indices with ``fraction`` of each class of ``y`` in b.
 
     y: labels (N,) or target rows (N, C) (stratified by their argmax).
     """
     labels = to_numpy(y)
     if labels.ndim == 2:
         labels = labels.argmax(axis=1)
-    first, second = stratified_indices(labels, fraction, np.random.default_rng(seed))
+    return stratified_indices(labels, fraction, np.random.default_rng(seed))
+
+
+def stratified_split(X, y, fraction: float, seed=None):
+    """(X_a, y_a, X_b, y_b) with ``fraction`` of each class of ``y`` in the b part; the
+    rows of :func:`stratified_split_rows`."""
+    first, second = stratified_split_rows(y, fraction, seed)
     return X[first], y[first], X[second], y[second]

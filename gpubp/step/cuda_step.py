@@ -210,8 +210,8 @@ class CudaStepper:
         if not sgd.momentum:
             return None
         if sgd.velocity is None or any(v is None for v in sgd.velocity):
-            sgd.velocity = [self.cupy.zeros_like(p) for p in self.params]
             with self.stream:
+                sgd.velocity = [self.cupy.zeros_like(p) for p in self.params]
                 self.first_step.fill(1)
         if id(sgd.velocity[0]) != self._velocity_id:
             self._velocity_id = id(sgd.velocity[0])
@@ -247,11 +247,11 @@ class CudaStepper:
         during capture), from a saved state; then from the same state the graph replays,
         and the two results are compared. Either way the state ends as one step left it.
         """
-        state = self._device_state(work)
-        saved = [a.copy() for a in state]
-        with self.stream:
+        with self.stream:  # snapshots on the step's stream: ordered with its launches
+            state = self._device_state(work)
+            saved = [a.copy() for a in state]
             self._launch(work, global_rows)
-        eager = [a.copy() for a in state]
+            eager = [a.copy() for a in state]
         self._restore(state, saved)
         try:
             graph = self._capture(work, global_rows)
