@@ -300,7 +300,7 @@ class Chooser:
         if name is not None:
             return name
         if self.records:  # one library a process: two libraries' thread pools fight over
-            # the cores (a step split between them measured 1.2–2.6× slower, docs/cpu.md)
+            # the cores, and a step split between them is slower than either (docs/cpu.md)
             name = self._decided[shape_class] = self._fallback(shape_class)
             return name
         record = self.cache.get("gemm", shape_class)
