@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import cpu_model
 from bench.peers import PEERS, select
 from bench.worker import RESULT_PREFIX
 from gpubp import blas_libraries, onednn
@@ -276,12 +277,7 @@ def source_state() -> str | None:
 
 
 def machine_facts(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     try:  # NumPy ≥ 1.26
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas = f"{blas['name']} {blas.get('version', '')}".strip()

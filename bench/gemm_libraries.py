@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import cpu_model
 from gpubp import blas, blas_choice, blas_libraries, onednn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,9 +230,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     parts = args.parts.split(",")
     libraries = [n for n in blas.LIBRARIES if n in blas.installed()]
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     started = time.time()
     report = {"benchmark": "gpubp.blas: GEMM libraries on the step's shapes",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -30,23 +30,13 @@ from pathlib import Path
 import numpy as np
 
 import gpubp
+from bench.machine import cpu_model
 from gpubp import blas
 from gpubp.backend import cuda_versions
 from gpubp.datasets import load_mnist
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (what ``lscpu`` shows), else platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fit_once(peer: str, X, y, X_test, y_test, params: dict, backend: str) -> dict:

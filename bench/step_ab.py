@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.machine import cpu_model
+
 HERE = Path(__file__).resolve().parents[1]
 
 RUN = """
@@ -41,16 +43,6 @@ def run(checkout: Path, rows: int, batch: int, momentum: float, layers: str) -> 
                            layers], capture_output=True, text=True, env=environment,
                           cwd=checkout, timeout=900, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ from cuda_emulator import Emulator, compiler
 from helpers import QuietHandler
 
 from gpubp.backend import get_backend
+from gpubp.datasets import mnist
 from gpubp.errors import BackendError
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -78,3 +79,12 @@ def serve():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No $GPUBP_DATA, no mirrors from the environment, an empty cache under tmp_path."""
+    monkeypatch.delenv(mnist.DATA_ENV, raising=False)
+    monkeypatch.delenv(mnist.MIRRORS_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path

@@ -84,15 +84,6 @@ def test_digits_are_embedded_and_split_stratified():
 
 # ---- MNIST: local files --------------------------------------------------------------
 
-@pytest.fixture
-def isolated_env(tmp_path, monkeypatch):
-    """No $GPUBP_DATA, no mirrors from the environment, an empty cache under tmp_path."""
-    monkeypatch.delenv(mnist.DATA_ENV, raising=False)
-    monkeypatch.delenv(mnist.MIRRORS_ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def test_load_real_mnist(mnist_dir, isolated_env):
     data = load_mnist(mnist_dir, download=False)
     assert data.X_train.shape == (60000, 784) and data.X_test.shape == (10000, 784)

@@ -513,14 +513,6 @@ def test_cgroup_memory_room(tmp_path, version, membership, files, room):
 # ---- MNIST: errors that say where they looked ----------------------------------------
 
 @pytest.fixture
-def isolated_env(tmp_path, monkeypatch):
-    monkeypatch.delenv(mnist.DATA_ENV, raising=False)
-    monkeypatch.delenv(mnist.MIRRORS_ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path
-
-
-@pytest.fixture
 def synthetic_mnist(isolated_env, monkeypatch):
     """{name: gzipped IDX bytes} of four small stand-in files, their sums in place of
     the published ones."""
