@@ -69,6 +69,25 @@ __device__ __forceinline__ T backward_value(T g, T y) {
 constexpr int SLAB_THREADS_Y = 8;  // row walkers per block
 constexpr int ROW_UNROLL = 4;      // rows per step of each walker
 
+// The block's walkers' sums of one column vector added in walker order (deterministic) and
+// stored at `dest` by walker 0: through `part`, [walker][element of the vector][x].
+template <typename T, int VEC>
+__device__ __forceinline__ void add_walkers(T (*part)[VEC][33], const T (&sum)[VEC],
+                                            bool in_cols, T* dest) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) part[threadIdx.y][e][threadIdx.x] = sum[e];
+    __syncthreads();  // every walker's sums written before walker 0 adds them
+    if (threadIdx.y == 0 && in_cols) {
+        Vec<T, VEC> total;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            total.v[e] = T(0);
+            for (int k = 0; k < SLAB_THREADS_Y; ++k) total.v[e] += part[k][e][threadIdx.x];
+        }
+        store_vec<T, VEC>(dest, total);
+    }
+}
+
 // SIGMOID: δ = g ⊙ a ⊙ (1 − a) into `out` and db = Σ_rows δ; otherwise db = Σ_rows g
 // (then `a` and `out` are unused).
 template <typename T, int VEC, bool SIGMOID>
@@ -123,18 +142,7 @@ __device__ void backward_column_sums(const T* grad_a, const T* __restrict__ a, T
             if (SIGMOID) store_vec<T, VEC>(out + i, g);
         }
     }
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) part[threadIdx.y][e][threadIdx.x] = sum[e];
-    __syncthreads();  // every walker's sums written before row 0 adds them
-    if (threadIdx.y == 0 && in_cols) {
-        Vec<T, VEC> total;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            total.v[e] = T(0);
-            for (int k = 0; k < SLAB_THREADS_Y; ++k) total.v[e] += part[k][e][threadIdx.x];
-        }
-        store_vec<T, VEC>(partials + static_cast<i64>(blockIdx.y) * cols + col, total);
-    }
+    add_walkers<T, VEC>(part, sum, in_cols, partials + static_cast<i64>(blockIdx.y) * cols + col);
     // The last slab block of this column tile adds the tile's partials, slab by slab.
     // (take_last_ticket's barriers also end the reads of `part` above.)
     if (!take_last_ticket(tickets + blockIdx.x, gridDim.y)) return;
@@ -145,18 +153,7 @@ __device__ void backward_column_sums(const T* grad_a, const T* __restrict__ a, T
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
                 sum[e] += ((volatile const T*)partials)[static_cast<i64>(slab) * cols + col + e];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) part[threadIdx.y][e][threadIdx.x] = sum[e];
-    __syncthreads();  // as above
-    if (threadIdx.y == 0 && in_cols) {
-        Vec<T, VEC> total;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            total.v[e] = T(0);
-            for (int k = 0; k < SLAB_THREADS_Y; ++k) total.v[e] += part[k][e][threadIdx.x];
-        }
-        store_vec<T, VEC>(sums + col, total);
-    }
+    add_walkers<T, VEC>(part, sum, in_cols, sums + col);
     if (threadIdx.x == 0 && threadIdx.y == 0) tickets[blockIdx.x] = 0u;  // for the next launch
 }
 
