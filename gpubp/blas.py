@@ -53,7 +53,7 @@ PRECISIONS = ("fp32", "bf16")
 SINGLE_THREAD_WORK = 1 << 18
 VML_MIN_VALUES = 1 << 14  # fewer values: VML's two ctypes calls cost more than it saves
 
-__all__ = ["matmul", "axpby", "gemm_precision", "check_precision", "forced", "reset", "report",
+__all__ = ["matmul", "linear_sigmoid", "axpby", "gemm_precision", "check_precision", "forced", "reset", "report",
            "info", "name", "threads", "has_mkl", "fuses_update", "vml_library", "mkl_library",
            "library", "installed", "signature", "Library", "LibraryUnavailable", "ENV_VAR",
            "MAX_INT", "SINGLE_THREAD_WORK"]
@@ -84,6 +84,26 @@ def matmul(a, b, out, alpha: float = 1.0, beta: float = 0.0):
     lib, single_thread = _state.library_for(plan, beta != 0.0)
     lib.gemm(plan, a, b, out, alpha, beta, single_thread)
     return out
+
+
+def linear_sigmoid(a, W, bias, out):
+    """out = σ(a Wᵀ + bias) as one product, where the GEMM library applies the bias and
+    the sigmoid itself: oneDNN inside a ``gemm_precision("bf16")`` block. Returns ``out``,
+    or None (nothing written) where no library fuses this layer.
+
+    a: (B, k) float32, C- or F-contiguous; W: (n, k) and bias: (n,) float32,
+    C-contiguous; out: (B, n) float32, C-contiguous, not overlapping a.
+    """
+    bf16 = _state.bf16
+    if (bf16 is None or not all(isinstance(x, np.ndarray) and x.dtype == np.float32
+                                for x in (a, W, bias, out))
+            or a.ndim != 2 or W.ndim != 2 or a.shape[1] != W.shape[1]
+            or bias.shape != W.shape[:1] or out.shape != (a.shape[0], W.shape[0])
+            or not (a.flags.c_contiguous or a.flags.f_contiguous)
+            or not (W.flags.c_contiguous and bias.flags.c_contiguous and out.flags.c_contiguous)
+            or np.may_share_memory(a, out) or 0 in a.shape or W.shape[0] == 0):
+        return None
+    return bf16.linear_sigmoid(a, W, bias, out)
 
 
 def axpby(a: float, x, b: float, y) -> None:

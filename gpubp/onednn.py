@@ -31,7 +31,8 @@ _DIMS = ctypes.c_int64 * 12  # dnnl_dims_t
 _SUCCESS = 0
 _F32, _BF16 = 3, 2  # dnnl_data_type_t
 _CPU_ENGINE, _IN_ORDER = 1, 1
-_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_ATTR_SCALES = 1, 17, 33, 4096
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_ATTR_SCALES = 1, 17, 33, 41, 4096
+_ELTWISE_LOGISTIC = 0x29  # dnnl_alg_kind_t: σ(x) = 1/(1 + e^(−x)), computed in fp32
 _QUERY_IMPL_INFO_STR = 8  # dnnl_query_impl_info_str
 _ISA_AVX512_CORE_BF16 = 0xE7  # dnnl_cpu_isa_t: each ISA's bits include those below it
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the bf16 units
@@ -98,6 +99,7 @@ def library():
         "dnnl_post_ops_create": [_VOID],
         "dnnl_post_ops_destroy": [_VOID],
         "dnnl_post_ops_append_sum": [_VOID, ctypes.c_float, ctypes.c_int32, ctypes.c_int],
+        "dnnl_post_ops_append_eltwise": [_VOID, ctypes.c_int, ctypes.c_float, ctypes.c_float],
         "dnnl_matmul_primitive_desc_create": [_VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID],
         "dnnl_reorder_primitive_desc_create": [_VOID, _VOID, _VOID, _VOID, _VOID, _VOID],
         "dnnl_primitive_desc_query": [_VOID, ctypes.c_int, ctypes.c_int, _VOID],
@@ -211,6 +213,26 @@ class Bf16Matmul:
                                        _ARG_ATTR_SCALES | _ARG_SRC][:len(memories)], handles)
         return out
 
+    def linear_sigmoid(self, a, W, bias, out):
+        """out = σ(bf16(a) @ bf16(W)ᵀ + bias), with oneDNN adding the bias and taking the
+        sigmoid (fp32) on the accumulator before it is stored: a hidden layer's forward in
+        one pass over its output. Returns ``out``, or None where oneDNN has no optimized
+        kernel for this layout (then nothing is written).
+
+        a: (B, k) float32, either layout; W: (n, k) float32, C-contiguous; bias: (n,)
+        float32, contiguous; out: (B, n) float32, C-contiguous (oneDNN 3.2 fuses into a
+        row-major destination only: a column-major one runs on its reference kernel).
+        """
+        (m, k), n = a.shape, W.shape[0]
+        prim, memories, name = self._matmul(a, W.T, m, n, k, False, 0.0, sigmoid=True)
+        if name.startswith("ref"):
+            return None
+        a16 = self._to_bf16(a, 0)
+        w16 = self._to_bf16(W.T, 1)
+        self._execute(prim, memories, [_ARG_SRC, _ARG_WEIGHTS, _ARG_BIAS, _ARG_DST],
+                      [a16, w16, bias, out])
+        return out
+
     def implementation(self, a, b, alpha: float = 1.0, beta: float = 0.0) -> str:
         """oneDNN's name for the kernel that runs this product, e.g. "brg:avx512_core_bf16"."""
         return self._matmul(a, b, a.shape[0], b.shape[1], a.shape[1], alpha != 1.0,
@@ -246,12 +268,16 @@ class Bf16Matmul:
         prim = self._primitive(pd)
         return prim, [self._memory(src), self._memory(dst)], span
 
-    def _matmul(self, a, b, m, n, k, scaled: bool, beta: float):
-        key = (m, n, k, a.strides, b.strides, scaled, beta)
+    def _matmul(self, a, b, m, n, k, scaled: bool, beta: float, sigmoid: bool = False):
+        """The matmul primitive for this shape and layout: alpha as a run-time scale
+        (``scaled``), ``beta`` as a sum post-op, or a (1, n) bias and a logistic post-op
+        (``sigmoid``). Returns (primitive, its memories in argument order, kernel name)."""
+        key = (m, n, k, a.strides, b.strides, scaled, beta, sigmoid)
         if key not in self._matmuls:
             item = a.itemsize
             src = self._desc((m, k), tuple(s // item for s in a.strides), _BF16)
             wei = self._desc((k, n), tuple(s // item for s in b.strides), _BF16)
+            bias = self._desc((1, n), (n, 1), _F32) if sigmoid else None
             dst = self._desc((m, n), (n, 1), _F32)
             lib = self._lib
             attr = _VOID()
@@ -261,15 +287,20 @@ class Bf16Matmul:
                 if scaled:  # alpha as a run-time scale of the source: one value (mask 0)
                     _check(lib.dnnl_primitive_attr_set_scales_mask(attr, _ARG_SRC, 0),
                            "dnnl_primitive_attr_set_scales_mask")
-                if beta != 0.0:  # out ← product + beta·out, in fp32
+                if beta != 0.0 or sigmoid:
                     _check(lib.dnnl_post_ops_create(ctypes.byref(post_ops)), "dnnl_post_ops_create")
-                    _check(lib.dnnl_post_ops_append_sum(post_ops, beta, 0, 0),
-                           "dnnl_post_ops_append_sum")
+                    if beta != 0.0:  # out ← product + beta·out, in fp32
+                        _check(lib.dnnl_post_ops_append_sum(post_ops, beta, 0, 0),
+                               "dnnl_post_ops_append_sum")
+                    if sigmoid:  # out ← σ(product + bias), in fp32
+                        _check(lib.dnnl_post_ops_append_eltwise(post_ops, _ELTWISE_LOGISTIC,
+                                                                0.0, 0.0),
+                               "dnnl_post_ops_append_eltwise")
                     _check(lib.dnnl_primitive_attr_set_post_ops(attr, post_ops),
                            "dnnl_primitive_attr_set_post_ops")
                 pd = _VOID()
                 _check(lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), self._engine, src,
-                                                             wei, None, dst, attr),
+                                                             wei, bias, dst, attr),
                        "dnnl_matmul_primitive_desc_create")
             finally:
                 if post_ops:
@@ -281,7 +312,7 @@ class Bf16Matmul:
             name = info.value.decode()
             self.kernels.add(name)
             prim = self._primitive(pd)
-            memories = [self._memory(d) for d in (src, wei, dst)]
+            memories = [self._memory(d) for d in (src, wei, bias, dst) if d is not None]
             if scaled:
                 memories.append(self._memory(self._desc((1,), (1,), _F32)))
             self._matmuls[key] = (prim, memories, name)

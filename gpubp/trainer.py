@@ -207,7 +207,7 @@ class Trainer:
 
     def _step_options(self) -> dict:
         if not self.net.backend.is_gpu:
-            return {}
+            return {"precision": self.precision}
         return {"cuda_graphs": self.cuda_graphs,
                 "precision": "tf32" if self.precision == "tf32" else "fp32"}
 

@@ -4,6 +4,7 @@ a fit, and an error saying why (never an emulation) where the CPU has no bf16 un
 
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -91,11 +92,14 @@ def test_a_bf16_step_is_within_tolerance_of_the_fp32_step(rng):
     for precision in ("fp32", "bf16"):
         net = nets[precision] = gpubp.MLP((96, 80, 70, 10), backend="numpy", seed=0)
         stepper = make_stepper(net, gpubp.SGD(0.5), net.prepare_features(X),
-                               net.prepare_targets(y, 64), batch_size=64)
+                               net.prepare_targets(y, 64), batch_size=64, precision=precision)
         stepper.begin_epoch(np.arange(64), 0.5)
         with blas.gemm_precision(precision):
             stepper.step(0)
         losses[precision] = stepper.finish_epoch() / 64
+        work = stepper._workspace(64)
+        assert all(x.flags.c_contiguous == (precision == "bf16")
+                   for x in work.activations + work.deltas)
     start = gpubp.MLP((96, 80, 70, 10), backend="numpy", seed=0).parameters()
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=4 * BF16_EPS)
     for p16, p32, p0 in zip(nets["bf16"].parameters(), nets["fp32"].parameters(), start):
@@ -103,6 +107,64 @@ def test_a_bf16_step_is_within_tolerance_of_the_fp32_step(rng):
         assert np.abs(update16 - update32).max() <= 0.05 * np.abs(update32).max() + 1e-7
     assert any(not np.array_equal(a, b) for a, b in
                zip(nets["bf16"].parameters(), nets["fp32"].parameters()))
+
+
+@needs_bf16
+@pytest.mark.parametrize("a_order", "CF")
+def test_a_fused_layer_is_the_sigmoid_of_the_rounded_inputs_product_plus_bias(rng, a_order):
+    """blas.linear_sigmoid: σ(bf16(a) bf16(W)ᵀ + b) with the bias and σ applied in fp32 to
+    the fp32 accumulator, on the CPU's bf16 units; saturating cleanly far from 0."""
+    a = np.asarray(rng.normal(size=(64, 96)).astype(np.float32), order=a_order)
+    W = (rng.normal(size=(80, 96)) / 2).astype(np.float32)
+    bias = rng.normal(size=80).astype(np.float32)
+    bias[:4] = [-1e4, 1e4, -90.0, 90.0]  # σ → 0, 1 without overflow or NaN
+    out = np.full((64, 80), np.nan, np.float32)
+    assert blas.linear_sigmoid(a, W, bias, out) is None  # fp32: nothing fused, nothing written
+    assert np.isnan(out).all()
+    with blas.gemm_precision("bf16"):
+        assert blas.linear_sigmoid(a, W, bias, out) is out
+        z = to_bf16(a) @ to_bf16(W).T + bias
+        scale = np.abs(to_bf16(a)) @ np.abs(to_bf16(W)).T
+        # σ is 1/4-Lipschitz: fp32 accumulation error, then σ's own few ulp
+        tolerance = 0.25 * 2 * a.shape[1] * np.finfo(np.float32).eps * scale + 4e-7
+        assert np.all(np.abs(out - 0.5 * (1 + np.tanh(z / 2))) <= tolerance)  # σ(z), no overflow
+        assert np.all(out[:, [0, 2]] < 1e-30) and np.all(out[:, [1, 3]] == 1.0)
+        name = blas.bf16_matmul()._matmul(a, W.T, 64, 80, 96, False, 0.0, sigmoid=True)[2]
+        assert "bf16" in name or "amx" in name, name
+        column_major = np.asfortranarray(np.full((64, 80), np.nan, np.float32))
+        assert blas.linear_sigmoid(a, W, bias, column_major) is None  # oneDNN: ref kernel
+        assert np.isnan(column_major).all()
+
+
+@needs_bf16
+def test_the_bf16_step_fuses_each_hidden_layer_and_allocates_nothing_once_warm(rng,
+                                                                           monkeypatch):
+    calls = []
+    fused = onednn.Bf16Matmul.linear_sigmoid
+    monkeypatch.setattr(onednn.Bf16Matmul, "linear_sigmoid",
+                        lambda self, *args: calls.append(fused(self, *args)) or calls[-1])
+    X, y = rng.random((512, 96), dtype=np.float32), rng.integers(0, 10, 512)
+    net = gpubp.MLP((96, 800, 700, 10), backend="numpy", seed=0)
+    stepper = make_stepper(net, gpubp.SGD(0.1, momentum=0.9), net.prepare_features(X),
+                           net.prepare_targets(y, 512), batch_size=128, precision="bf16")
+    with blas.gemm_precision("bf16"):
+        for epoch in range(2):
+            if epoch == 1:
+                tracemalloc.start()
+            stepper.begin_epoch(np.arange(512), 0.1)
+            for batch in range(4):
+                stepper.step(batch)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert len(calls) == 2 * 8 and all(c is not None for c in calls)
+    assert peak < 64 * 1024 < 128 * 700 * 4, peak  # not one layer's worth
+
+
+def test_a_stepper_refuses_an_unknown_precision():
+    net = gpubp.MLP((20, 30, 4), backend="numpy", seed=0)
+    X = np.zeros((8, 20), np.float32)
+    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'bf16' on NumPy"):
+        make_stepper(net, gpubp.SGD(0.1), X, np.zeros(8, np.int64), 4, precision="tf32")
 
 
 @needs_bf16

@@ -204,16 +204,19 @@ def test_vml_runs_only_where_mkl_runs_the_products_and_was_measured_faster(monke
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", "FC")
 def test_sigmoid_backward_with_scratch_allocates_nothing_and_matches_bit_for_bit(rng, monkeypatch,
-                                                                                dtype):
-    monkeypatch.setattr(cpu_kernels, "BLOCK_VALUES", 4000)  # blocks of 20 columns
-    a = np.asfortranarray(sigmoid64(rng.normal(size=(200, 50)) * 3).astype(dtype))
-    grad_a = np.asfortranarray(rng.normal(size=(200, 50)).astype(dtype))
+                                                                                dtype, order):
+    """Blocks of 20 columns (column-major) or of 80 rows (row-major), each equal bit for bit
+    to the reference's whole-array arithmetic, bias gradient included."""
+    monkeypatch.setattr(cpu_kernels, "BLOCK_VALUES", 4000)
+    a = np.asarray(sigmoid64(rng.normal(size=(200, 50)) * 3).astype(dtype), order=order)
+    grad_a = np.asarray(rng.normal(size=(200, 50)).astype(dtype), order=order)
     want_db = np.empty(50, dtype)
-    want = cpu_kernels.sigmoid_backward(grad_a.copy(order="F"), a, bias_grad=want_db)
+    want = ops.sigmoid_backward(grad_a.copy(order=order), a, bias_grad=want_db)
     scratch = np.empty(4000, dtype)
     got_db = np.empty(50, dtype)
-    got = grad_a.copy(order="F")
+    got = grad_a.copy(order=order)
     cpu_kernels.sigmoid_backward(got, a, out=got, bias_grad=got_db, scratch=scratch)  # warm
     got[...] = grad_a
     tracemalloc.start()

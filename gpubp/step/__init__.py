@@ -14,12 +14,13 @@ from gpubp.step.workspace import Workspace
 def make_stepper(net, optimizer, X, targets, batch_size: int, comm=None, **options):
     """The stepper for ``net``'s backend. X: (N, n_in), targets: (N,) or (N, C),
     prepared arrays on that backend; ``comm`` a :mod:`gpubp.distributed` communicator
-    for data-parallel training. ``options`` go to the CUDA stepper (cuda_graphs...)."""
+    for data-parallel training. ``options`` go to the backend's stepper: ``precision``
+    ("fp32"; "bf16" on NumPy, "tf32" on CuPy) and, on CuPy, ``cuda_graphs``."""
     if net.backend.is_gpu:
         from gpubp.step.cuda_step import CudaStepper  # imports CuPy
 
         return CudaStepper(net, optimizer, X, targets, batch_size, comm=comm, **options)
-    return NumpyStepper(net, optimizer, X, targets, batch_size, comm=comm)
+    return NumpyStepper(net, optimizer, X, targets, batch_size, comm=comm, **options)
 
 
 __all__ = ["make_stepper", "NumpyStepper", "Workspace"]

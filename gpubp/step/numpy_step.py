@@ -33,17 +33,24 @@ class NumpyStepper:
     X: (N, n_in) and targets: (N,) int64 labels or (N, C) rows, prepared arrays of the
     network's dtype. ``loss_sum`` (0-d float64) accumulates Σ_rows loss over the epoch's
     steps; ``first_loss`` holds the mean loss of the epoch's first step, the only one
-    computed with the weights the epoch started from.
+    computed with the weights the epoch started from. ``precision="bf16"`` lays the
+    step out for bf16 GEMMs, which run where the caller runs the steps inside
+    ``blas.gemm_precision("bf16")`` (as the trainer does).
     """
 
-    def __init__(self, net, optimizer, X, targets, batch_size: int, comm=None):
-        self.net, self.optimizer = net, optimizer
+    def __init__(self, net, optimizer, X, targets, batch_size: int, comm=None,
+                 precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: expected 'fp32' or 'bf16' on NumPy, got {precision!r}")
+        self.net, self.optimizer, self.precision = net, optimizer, precision
         self.X, self.targets, self.batch_size = X, targets, batch_size
         self.comm = comm if comm is not None else get_communicator("single")
         self.params = net.parameters()
         self.loss_sum = np.zeros((), np.float64)
         self.first_loss = np.zeros((), np.float64)
-        self._workspace = Workspaces(net, targets)
+        # bf16: row-major hidden layers, into which oneDNN fuses each layer's bias and
+        # sigmoid with its GEMM (cpu_kernels.linear_sigmoid).
+        self._workspace = Workspaces(net, targets, "C" if precision == "bf16" else None)
         self._order, self._lr = None, None
 
     def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0,
@@ -86,7 +93,7 @@ class NumpyStepper:
         # Forward: a^l = σ(W^l a^{l−1} + b^l) for hidden layers, then z^L.
         a = work.X
         for W, b, out in zip(net.weights[:-1], net.biases[:-1], work.activations):
-            a = cpu_kernels.bias_sigmoid(blas.matmul(a, W.T, out=out), b, out=out)
+            a = cpu_kernels.linear_sigmoid(a, W, b, out)
         logits = blas.matmul(a, net.weights[-1].T, out=work.logits)
         logits += net.biases[-1]
 

@@ -4,9 +4,11 @@ A step reads the gathered batch and its targets, writes each hidden layer's acti
 a^l and delta, the logits z^L (overwritten by δ^L = dL/dz^L), and each layer's gradients.
 After the first step with a workspace, a step allocates nothing.
 
-On NumPy the hidden layers' buffers are column-major: a GEMM writing a column-major
-(B, n) product runs as (n, B) = W · aᵀ, which BLAS does faster on these shapes (see
-docs/benchmarks.md). The CUDA kernels take row-major rows, so CuPy gets C order.
+On NumPy the hidden layers' buffers are column-major by default: a GEMM writing a
+column-major (B, n) product runs as (n, B) = W · aᵀ, which BLAS does faster on these
+shapes (see docs/benchmarks.md). The bf16 step asks for row-major ones, the only layout
+into which oneDNN fuses the bias and the sigmoid. The CUDA kernels take row-major rows,
+so CuPy gets C order.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ class Workspace:
     views of flat_grads (all gradients end to end, in parameter order).
     NumPy only, the scratch of the fused loss and of the sigmoid backward: row_stats
     (4, B), label_at (B,) int64 flat indices of z[i, y_i] (row_offsets + y), rows_scratch
-    (B, C), and slope (a column block's σ').
+    (B, C), and slope (a block's σ'). ``order``: the hidden layers' layout, "C" or "F"
+    (default: "C" on CuPy, "F" on NumPy).
     """
 
-    def __init__(self, net, batch: int, target_shape: tuple, target_dtype):
+    def __init__(self, net, batch: int, target_shape: tuple, target_dtype, order=None):
         xp, dtype, sizes = net.backend.xp, net.dtype, net.layer_sizes
-        order = "C" if net.backend.is_gpu else "F"
+        if order is None:
+            order = "C" if net.backend.is_gpu else "F"
         self.batch = batch
         self.X = xp.empty((batch, sizes[0]), dtype)
         self.targets = xp.empty((batch, *target_shape), target_dtype)
@@ -52,20 +56,21 @@ class Workspace:
             self.row_offsets = np.arange(batch, dtype=np.int64) * sizes[-1]
             self.rows_scratch = np.empty((batch, sizes[-1]), dtype)
             widest = max(sizes[1:-1], default=1)
-            self.slope = np.empty(min(widest * batch, max(BLOCK_VALUES, batch)), dtype)
+            self.slope = np.empty(min(widest * batch, max(BLOCK_VALUES, batch, widest)), dtype)
 
 
 class Workspaces:
     """A stepper's workspaces by batch size (the full batch, the last partial one, a
     rank's share), each made on first use and kept."""
 
-    def __init__(self, net, targets):
+    def __init__(self, net, targets, order=None):
         self.net, self.target_shape, self.target_dtype = net, targets.shape[1:], targets.dtype
+        self.order = order
         self._made: dict[int, Workspace] = {}
 
     def __call__(self, batch: int) -> Workspace:
         work = self._made.get(batch)
         if work is None:
             work = self._made[batch] = Workspace(self.net, batch, self.target_shape,
-                                                 self.target_dtype)
+                                                 self.target_dtype, self.order)
         return work
