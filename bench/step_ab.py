@@ -5,8 +5,9 @@ change to the step, measured side by side on one machine.
     python -m bench.step_ab --old /tmp/old --rounds 2 --out bench/results/<date>-step-ab.json
 
 Each run is a fresh process: 784-800-10 (``--layers``), float32, ``--rows`` random rows,
-4 epochs of which the last 3 are timed, for plain SGD and momentum 0.9. The JSON keeps
-every epoch's samples/s and the medians per checkout and optimizer.
+4 epochs of which the last 3 are timed, for plain SGD and momentum 0.9, in ``--precision``
+fp32 or bf16. The JSON keeps every epoch's samples/s and the medians per checkout and
+optimizer.
 """
 
 from __future__ import annotations
@@ -27,20 +28,22 @@ HERE = Path(__file__).resolve().parents[1]
 RUN = """
 import json, sys, numpy as np, gpubp
 rows, batch, momentum, layers = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+precision = sys.argv[5]
 rng = np.random.default_rng(0)
 X = rng.random((rows, 784), dtype=np.float32)
 y = rng.integers(0, 10, rows)
 net = gpubp.MLP([784, *map(int, layers.split(",")), 10], backend="numpy", seed=0)
 trainer = gpubp.Trainer(net, gpubp.SGD(0.1, momentum=momentum), batch_size=batch, epochs=4,
-                        seed=0, progress=False)
+                        seed=0, progress=False, precision=precision)
 print(json.dumps([r["samples_per_s"] for r in trainer.fit(X, y)][1:]))
 """
 
 
-def run(checkout: Path, rows: int, batch: int, momentum: float, layers: str) -> list[float]:
+def run(checkout: Path, rows: int, batch: int, momentum: float, layers: str,
+        precision: str) -> list[float]:
     environment = {**os.environ, "PYTHONPATH": str(checkout)}
     done = subprocess.run([sys.executable, "-c", RUN, str(rows), str(batch), str(momentum),
-                           layers], capture_output=True, text=True, env=environment,
+                           layers, precision], capture_output=True, text=True, env=environment,
                           cwd=checkout, timeout=900, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -52,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--layers", default="800")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     checkouts = {"old": args.old.resolve(), "new": HERE}
@@ -60,11 +64,11 @@ def main(argv=None) -> int:
         for momentum in (0.0, 0.9):
             for name, path in checkouts.items():  # turns, so that load falls on both
                 samples[(name, momentum)] += run(path, args.rows, args.batch, momentum,
-                                                 args.layers)
+                                                 args.layers, args.precision)
     result = {
         "benchmark": "step_ab", "cpu": cpu_model(), "cores": os.cpu_count(),
         "python": platform.python_version(), "rows": args.rows, "batch": args.batch,
-        "layers": args.layers, "rounds": args.rounds,
+        "layers": args.layers, "rounds": args.rounds, "precision": args.precision,
         "checkouts": {k: str(v) for k, v in checkouts.items()},
         "runs": [{"checkout": c, "momentum": m, "samples_per_s": v,
                   "median": statistics.median(v)} for (c, m), v in samples.items()],

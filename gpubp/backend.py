@@ -5,7 +5,9 @@ in :mod:`gpubp.cuda` (the kernels, cuBLAS) and :mod:`gpubp.step.cuda_step`, when
 
 A backend is chosen by name: ``"numpy"``, ``"cupy"`` or ``"auto"``. ``"auto"`` (the
 default) and ``None`` take the environment variable ``GPUBP_BACKEND`` when it is set;
-otherwise CuPy when it imports and sees a CUDA device, else NumPy.
+otherwise CuPy when it imports and sees a CUDA device, else NumPy. Under an MPI launcher
+the CuPy backend makes device ``local_rank % count`` current when it is first resolved,
+so that each data-parallel rank on a host computes on a GPU of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ log = logging.getLogger("gpubp")
 
 BACKEND_NAMES = ("auto", "numpy", "cupy")
 ENV_VAR = "GPUBP_BACKEND"
+# The process's rank among those on its host, as MPI launchers export it (Open MPI,
+# MPICH and Intel MPI, Slurm): a data-parallel rank takes GPU local_rank % count.
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
 
 
 class Backend:
@@ -160,9 +165,21 @@ def _cupy_backend() -> Backend:
         raise BackendError(f"backend 'cupy': {_explain_cuda_failure(runtime, e)}") from e
     if count < 1:
         raise BackendError("backend 'cupy': no CUDA device is visible")
+    local_rank = launcher_local_rank()
+    if local_rank is not None:  # before any array exists: `mpiexec -n N python script.py`
+        cupy.cuda.Device(local_rank % count).use()
     props = runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"]
     return Backend("cupy", cupy, name.decode() if isinstance(name, bytes) else str(name))
+
+
+def launcher_local_rank() -> int | None:
+    """This process's rank on its host when an MPI launcher started it, else None."""
+    for var in LOCAL_RANK_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _explain_cuda_failure(runtime, error: Exception) -> str:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from gpubp import blas, checkpoint
 from gpubp.datasets.preprocessing import stratified_indices
-from gpubp.distributed import Communicator, get_communicator
+from gpubp.distributed import Communicator, get_communicator, shard_bounds
 from gpubp.errors import CheckpointError, DivergenceError, TrainingInterrupted
 from gpubp.interrupts import stop_requests
 from gpubp.network import MLP
@@ -222,7 +222,8 @@ class Trainer:
         resumed = run.batch > 0  # mid-epoch: the checkpoint's sums carry on
         stepper.begin_epoch(fit.rng.permutation(n), run.lr,
                             loss_sum=float(run.loss_sum) if resumed else 0.0,
-                            first_loss=float(run.first_loss) if resumed else None)
+                            first_loss=float(run.first_loss) if resumed else None,
+                            epoch=run.epoch)
         run.loss_sum, run.first_loss = stepper.loss_sum, stepper.first_loss
         clock = time.perf_counter() - run.elapsed
         batches = range(run.batch, -(-n // self.batch_size))
@@ -245,8 +246,7 @@ class Trainer:
     def _end_epoch(self, fit: "_Fit", run: TrainingState, record: dict) -> None:
         """Validate, record the epoch, and update early stopping."""
         if fit.X_val is not None:
-            metrics = self.net.evaluate_prepared(fit.X_val, fit.t_val)
-            record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+            record["val_loss"], record["val_accuracy"] = self._validate(fit.X_val, fit.t_val)
         run.history.records.append(record)
         run.epoch, run.batch, run.rng_state = run.epoch + 1, 0, fit.rng.bit_generator.state
         run.end_epoch_starts()
@@ -254,6 +254,22 @@ class Trainer:
             self.on_epoch(record)
         if self.patience is not None:
             self._early_stopping(run, record)
+
+    def _validate(self, X_val, t_val) -> tuple[float, float]:
+        """(mean loss, accuracy) on the validation rows. Data-parallel, each rank
+        evaluates its contiguous share and the sums are reduced, so that every rank gets
+        the same figures for 1/N of the work."""
+        if self.comm.size == 1:
+            metrics = self.net.evaluate_prepared(X_val, t_val)
+            return metrics["loss"], metrics["accuracy"]
+        n = X_val.shape[0]
+        start, stop = shard_bounds(n, self.comm.size, self.comm.rank)
+        loss_sum = correct = 0.0
+        if stop > start:
+            metrics = self.net.evaluate_prepared(X_val[start:stop], t_val[start:stop])
+            loss_sum, correct = metrics["loss"] * (stop - start), metrics["accuracy"] * (stop - start)
+        loss_sum, correct = self.comm.allreduce_scalars([loss_sum, correct])
+        return loss_sum / n, round(correct) / n
 
     def _early_stopping(self, run: TrainingState, record: dict) -> None:
         """Keep the best weights; stop after ``patience`` epochs without improvement."""
@@ -386,13 +402,22 @@ class _Saver:
         self.count, self.unit = every
         self.config, self.metadata = config, metadata
         self.saved_at, self.path = None, None  # (epoch, batch, step) written or loaded
+        self._hint = None  # the communicator's abort_hint before open()
 
     def open(self) -> None:
         """Check, create and lock the directory (ValueError if it cannot be used)."""
         self._on_root(self.files.open)
+        # A rank that aborts the job (a collective timed out, a rank failed) says how to
+        # go on from here.
+        self._hint, self.comm.abort_hint = self.comm.abort_hint, (
+            f"The checkpoints are in {self.directory}; resume with any number of ranks: "
+            f"mpiexec -n N gpubp train --resume {self.directory} (in a script: "
+            "Trainer.fit(..., checkpoint_dir=..., resume=True))")
 
     def close(self) -> None:
         self.files.close()
+        if self._hint is not None:
+            self.comm.abort_hint, self._hint = self._hint, None
 
     def check_fresh(self) -> None:
         """A fresh run must not mix its checkpoints with an older run's."""

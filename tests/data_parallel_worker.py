@@ -24,6 +24,9 @@ def main(spec):
     stop_at = spec.get("stop_at")
     if stop_at is not None and comm.is_root:  # SIGTERM on rank 0 alone, after a step
         after_step(optimizer, stop_at, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    kill_at = spec.get("kill_at")
+    if kill_at is not None and comm.rank == comm.size - 1:  # the last rank dies, no cleanup
+        after_step(optimizer, kill_at, lambda: os.kill(os.getpid(), signal.SIGKILL))
     checkpointing = {}
     if spec.get("dir"):
         checkpointing = {"checkpoint_dir": spec["dir"], "checkpoint_every": "4steps",
@@ -36,7 +39,8 @@ def main(spec):
     if comm.is_root and spec.get("out"):
         np.savez(spec["out"], *[np.asarray(p) for p in net.parameters()],
                  train_loss=np.array(history["train_loss"]),
-                 val_loss=np.array(history["val_loss"]), size=comm.size)
+                 val_loss=np.array(history["val_loss"]),
+                 val_accuracy=np.array(history["val_accuracy"]), size=comm.size)
     return 0
 
 

@@ -19,7 +19,7 @@ def fresh_resolution():
     backend._resolve.cache_clear()
 
 
-def probed_cupy(device_count=None, error=None, driver=12040, runtime=12090):
+def probed_cupy(device_count=None, error=None, driver=12040, runtime=12090, used=None):
     """A stand-in cupy module for backend probing: its runtime reports the device count,
     error and versions a test needs, and it has no arrays (tests/cuda_emulator.py's
     emulated_cupy is the one with arrays)."""
@@ -32,8 +32,16 @@ def probed_cupy(device_count=None, error=None, driver=12040, runtime=12090):
         getDeviceCount=get_device_count, driverGetVersion=lambda: driver,
         runtimeGetVersion=lambda: runtime,
         getDeviceProperties=lambda i: {"name": b"Fake GPU"})
-    cuda = types.SimpleNamespace(runtime=runtime_api,
-                                 Device=lambda: types.SimpleNamespace(id=0))
+    current = [0]
+
+    def device(i=None):
+        def use():
+            current[0] = i
+            if used is not None:
+                used.append(i)
+        return types.SimpleNamespace(id=current[0] if i is None else i, use=use)
+
+    cuda = types.SimpleNamespace(runtime=runtime_api, Device=device)
     module = types.ModuleType("cupy")
     module.cuda = cuda
     module.__version__ = "0.fake"
@@ -107,3 +115,21 @@ def test_to_numpy_and_array_module():
     assert gpubp.to_numpy(a) is a
     assert gpubp.to_numpy([1, 2]).tolist() == [1, 2]
     assert backend.array_module(a) is np
+
+
+@pytest.mark.parametrize("variables,want", [
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "5"}, [1]),  # Open MPI: local rank 5 of 4 GPUs
+    ({"MPI_LOCALRANKID": "2"}, [2]),  # MPICH, Intel MPI
+    ({"SLURM_LOCALID": "3"}, [3]),
+    ({}, []),  # no launcher: the current device is left as it is
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "x"}, []),
+])
+def test_under_an_mpi_launcher_each_local_rank_takes_its_own_gpu(monkeypatch, variables, want):
+    for var in backend.LOCAL_RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in variables.items():
+        monkeypatch.setenv(var, value)
+    used = []
+    monkeypatch.setitem(sys.modules, "cupy", probed_cupy(device_count=4, used=used))
+    assert backend.get_backend("cupy").is_gpu
+    assert used == want

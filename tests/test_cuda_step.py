@@ -16,6 +16,7 @@ from cuda_emulator import compiler, device, emulate, emulated_cupy
 
 import gpubp
 from gpubp.cuda import kernels as cuda_kernels
+from gpubp.errors import DataError
 from gpubp.step import NumpyStepper
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to build the emulation")
@@ -170,6 +171,21 @@ def test_the_cuda_step_equals_the_numpy_step(cuda, rng, graphs, opt):
     if graphs:  # 19 rows by 8: 2 full batches replayed a step, the last one (3 rows) eager
         graph = stepper._graphs[8]
         assert graph is not False and graph.launches == 2 * 2
+
+
+def test_a_label_outside_the_classes_is_a_data_error_naming_the_epoch(cuda, rng):
+    """The kernels flag a bad label (the targets were not checked on the host); the
+    epoch-end sync reads the flag, raises DataError naming the epoch, and resets it."""
+    X, y, net = problem(rng, np.float64)
+    y[5] = net.layer_sizes[-1]  # class C: outside [0, C)
+    stepper = cuda.step.CudaStepper(DeviceNet(net, cuda.cupy), gpubp.SGD(0.1), device(X),
+                                    device(y.astype(np.int64)), 8, cuda_graphs=False)
+    stepper.begin_epoch(np.arange(len(X)), 0.1, epoch=2)
+    for b in range(3):
+        stepper.step(b)
+    with pytest.raises(DataError, match=r"a label outside \[0, C\).*\(in epoch 3\)"):
+        stepper.finish_epoch()
+    assert not np.asarray(stepper.scratch.flags.get()).any()  # reset for the next epoch
 
 
 def test_a_step_is_2L_plus_1_kernels_and_3L_minus_1_gemms_and_allocates_nothing(cuda, rng):

@@ -410,3 +410,26 @@ def test_shared_devices_or_no_nccl_stage_through_the_host(monkeypatch, peer_devi
     stream.capturing = True
     with pytest.raises(DistributedError, match="host-staged reduction .* cannot be captured"):
         comm.allreduce_sum_(buffer)
+
+
+def test_a_fit_with_checkpoints_tells_an_aborting_rank_how_to_resume(no_launcher, tmp_path):
+    """While Trainer.fit keeps checkpoints, the communicator's abort_hint (printed by a
+    rank that aborts the job) names the directory and the resume command; after it,
+    the caller's own hint is back."""
+    import gpubp
+
+    comm = get_communicator("single")
+    comm.abort_hint = "the caller's hint"
+    hints = []
+    net = gpubp.MLP((4, 5, 3), backend="numpy", seed=0)
+    trainer = gpubp.Trainer(net, gpubp.SGD(0.1), batch_size=8, epochs=2, progress=False,
+                            distributed=comm, on_epoch=lambda record: hints.append(comm.abort_hint))
+    rng = np.random.default_rng(0)
+    try:
+        trainer.fit(rng.normal(size=(32, 4)), rng.integers(0, 3, 32),
+                    checkpoint_dir=tmp_path / "run")
+        assert comm.abort_hint == "the caller's hint"
+    finally:
+        comm.abort_hint = ""  # the process's one single-process communicator
+    assert len(hints) == 2 and all(
+        f"gpubp train --resume {tmp_path / 'run'}" in hint for hint in hints), hints

@@ -181,7 +181,8 @@ def cupy_has_a_device() -> bool:
 
 @pytest.mark.skipif(cupy_has_a_device(), reason="this machine has a GPU: the sections run")
 def test_the_real_sections_skip_with_the_reason_without_a_device(tmp_path):
-    done, data, out = orchestrate(tmp_path, "--sections", "step,kernels,mnist,data_parallel",
+    done, data, out = orchestrate(tmp_path, "--sections",
+                                  "step,kernels,mnist,data_parallel,sklearn_fit",
                                   "--budget-s", "120")
     assert done.returncode == 0, done.stderr
     for name, entry in data["sections"].items():
@@ -190,6 +191,23 @@ def test_the_real_sections_skip_with_the_reason_without_a_device(tmp_path):
     assert "mpi" in data["sections"]["data_parallel"]["result"]  # recorded all the same
     assert all(t["pass"] is None and t["why"] for t in data["targets"])
     assert (out / "step.log").read_text().count("skipped:") == 1
+
+
+def test_the_sklearn_fit_section_reads_the_cpu_figure_and_summarizes(tmp_path):
+    from bench.gpu_sections import sklearn_fit
+
+    assert sklearn_fit.cpu_reference(tmp_path) is None
+    (tmp_path / "2026-01-01-cpu-sklearn-fit.json").write_text(json.dumps(
+        {"cpu": "Some CPU", "config": {"epochs": 10}, "best_fit_s": {"sklearn": 42.0,
+                                                                      "gpubp": 21.0}}))
+    reference = sklearn_fit.cpu_reference(tmp_path)
+    assert reference["best_fit_s"]["sklearn"] == 42.0 and reference["cpu"] == "Some CPU"
+    runs = [{"peer": "gpubp", "fit_s": 3.0, "test_accuracy": 0.97}]
+    line = sklearn_fit.summary({"result": {"runs": runs, "cpu_reference": reference}})
+    assert line == "gpubp 3.0 s (97.00%); CPU elsewhere: scikit-learn 42.0 s (Some CPU)"
+    runs.append({"peer": "sklearn", "fit_s": 30.0, "test_accuracy": 0.97})
+    line = sklearn_fit.summary({"result": {"runs": runs, "sklearn_over_gpubp": 10.0}})
+    assert line.endswith("scikit-learn ÷ gpubp 10.0×")
 
 
 def test_every_section_module_imports_without_cupy_or_torch():

@@ -62,6 +62,9 @@ SECTIONS = (
             what="784-800-10 on MNIST, 60 epochs, through gpubp.Trainer"),
     Section("data_parallel", "bench.gpu_sections.data_parallel", 60, 15,
             what="mpiexec -n 2 on the one GPU against 1 rank"),
+    Section("sklearn_fit", "bench.gpu_sections.sklearn_fit", 90, 20,
+            what="gpubp.MLPClassifier.fit on MNIST (CuPy), against scikit-learn where "
+                 "installed"),
 )
 
 # --dry-run's sections: the orchestration itself, with no GPU (tests/test_gpu_check.py).

@@ -86,13 +86,16 @@ class CudaStepper:
         self._graphs: dict[int, object] = {}
         self._velocity_id = None  # the momentum buffers the tables and graphs point at
         self._offset = None  # what the device offset holds before the next step, if known
+        self._epoch = None  # the epoch running (0-based), for error messages
 
     # ---- an epoch ---------------------------------------------------------------------
 
     def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0,
-                    first_loss: float | None = None) -> None:
+                    first_loss: float | None = None, epoch: int | None = None) -> None:
         """Copy the epoch's row order (N,) and learning rate to the device; ``loss_sum``
-        and ``first_loss`` carry on a resumed epoch's."""
+        and ``first_loss`` carry on a resumed epoch's; ``epoch`` (0-based) names it in
+        errors."""
+        self._epoch = epoch
         # The host changed parameters on the default stream (a resume, a restored best
         # state); this stream does not wait for it by itself.
         self.cupy.cuda.Device().synchronize()
@@ -109,7 +112,8 @@ class CudaStepper:
         """Wait for the epoch's steps; the epoch's Σ_rows loss (over every rank). Raises
         DataError for a label outside [0, C) seen during the epoch."""
         self.stream.synchronize()
-        kernels.check_bad_labels(self.scratch, where="in this epoch's training data")
+        kernels.check_bad_labels(self.scratch, where="in this epoch's training data"
+                                 if self._epoch is None else f"in epoch {self._epoch + 1}")
         total, first = float(self.loss_sum), float(self.first_loss)
         if self.comm.size > 1:
             total, first = self.comm.allreduce_scalars([total, first])

@@ -54,9 +54,10 @@ class NumpyStepper:
         self._order, self._lr = None, None
 
     def begin_epoch(self, order: np.ndarray, lr: float, loss_sum: float = 0.0,
-                    first_loss: float | None = None) -> None:
+                    first_loss: float | None = None, epoch: int | None = None) -> None:
         """Take the epoch's row order (N,) and learning rate; ``loss_sum`` and
-        ``first_loss`` carry on a resumed epoch's."""
+        ``first_loss`` carry on a resumed epoch's. (``epoch`` names it in the CUDA
+        stepper's errors; labels were checked here when the targets were prepared.)"""
         self._order, self._lr = order, lr
         self.loss_sum[...] = loss_sum
         self.first_loss[...] = 0.0 if first_loss is None else first_loss
