@@ -78,6 +78,18 @@ class SGD:
         device_update(p, g, self.velocity[i] if self.momentum else None, self.lr,
                       self.momentum, self.weight_decay, self.nesterov, first)
 
+    def momentum_buffers(self, params, zeros_like) -> tuple[list | None, bool]:
+        """The momentum buffers v, one per parameter, for an update that steps them in
+        place itself (the CUDA step's multi-tensor kernel): ``(buffers, made)``. Where any
+        is missing all are made with ``zeros_like`` and ``made`` is True (the next step is
+        then the first: v ← g). (None, False) without momentum."""
+        if not self.momentum:
+            return None, False
+        if self.velocity is None or any(v is None for v in self.velocity):
+            self.velocity = [zeros_like(p) for p in params]
+            return self.velocity, True
+        return self.velocity, False
+
     def reset(self) -> None:
         """Forget the momentum buffers."""
         self.velocity = None

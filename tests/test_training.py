@@ -74,6 +74,41 @@ def test_sgd_matches_torch_optim_sgd(momentum, nesterov, weight_decay):
         np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-13, atol=1e-15)
 
 
+def test_sgd_state_dict_round_trips_and_continues_like_torch():
+    """state_dict after 3 steps, loaded into a fresh SGD: the next 2 steps equal an
+    uninterrupted run's (torch.optim.SGD's state_dict works the same way)."""
+    rng = np.random.default_rng(1)
+    start = [rng.normal(size=(4, 3)), rng.normal(size=(4,))]
+    grads = [[rng.normal(size=p.shape) for p in start] for _ in range(5)]
+    whole, resumed = [p.copy() for p in start], [p.copy() for p in start]
+    first, stopped = (gpubp.SGD(0.1, momentum=0.9, nesterov=True) for _ in range(2))
+    assert first.state_dict() == {"velocity": None}  # before the first step
+    for g in grads[:3]:
+        first.step(whole, g)
+        stopped.step(resumed, g)
+    saved = {"velocity": [v.copy() for v in stopped.state_dict()["velocity"]]}
+    second = gpubp.SGD(0.1, momentum=0.9, nesterov=True)
+    second.load_state_dict(saved)
+    for g in grads[3:]:
+        first.step(whole, g)
+        second.step(resumed, g)
+    for p, q in zip(whole, resumed):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="momentum buffers given to an SGD without momentum"):
+        gpubp.SGD(0.1).load_state_dict(saved)
+
+
+def test_momentum_buffers_are_made_once_as_zeros_for_an_outside_update():
+    params = [np.ones((2, 3)), np.ones(2)]
+    assert gpubp.SGD(0.1).momentum_buffers(params, np.zeros_like) == (None, False)
+    sgd = gpubp.SGD(0.1, momentum=0.9)
+    buffers, made = sgd.momentum_buffers(params, np.zeros_like)
+    assert made and [b.shape for b in buffers] == [(2, 3), (2,)] and not any(b.any() for b in buffers)
+    again, made = sgd.momentum_buffers(params, np.zeros_like)
+    assert not made and all(a is b for a, b in zip(again, buffers))
+    assert sgd.state_dict()["velocity"] is buffers
+
+
 def test_schedules():
     step = gpubp.StepLR(step_size=3, gamma=0.5)
     assert [step.factor(e, 10) for e in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]

@@ -211,17 +211,15 @@ class CudaStepper:
         """The optimizer's momentum buffers, made (zero, first step flagged) if it has none
         yet; they stay the optimizer's, for its state_dict and checkpoints. New buffers
         (made here, or loaded by a resume) retire the tables and graphs holding the old."""
-        if not sgd.momentum:
-            return None
-        if sgd.velocity is None or any(v is None for v in sgd.velocity):
-            with self.stream:
-                sgd.velocity = [self.cupy.zeros_like(p) for p in self.params]
+        with self.stream:
+            velocity, made = sgd.momentum_buffers(self.params, self.cupy.zeros_like)
+            if made:
                 self.first_step.fill(1)
-        if id(sgd.velocity[0]) != self._velocity_id:
-            self._velocity_id = id(sgd.velocity[0])
+        if velocity is not None and id(velocity[0]) != self._velocity_id:
+            self._velocity_id = id(velocity[0])
             self._tables.clear()
             self._graphs.clear()
-        return sgd.velocity
+        return velocity
 
     def _table(self, work: Workspace, velocity):
         key = work.batch
