@@ -15,7 +15,8 @@ A run holds its directory through :class:`CheckpointDirectory`: an exclusive loc
 whole run (a second writer is refused at once, with the holder's process id), checks
 that the directory can be written before the first step, and rotation that keeps the
 newest checkpoints that verify, never the one just written and never a file it could not
-read.
+read. Something other than a regular file under a checkpoint's name (a FIFO, a device, a
+directory, a link to one) is skipped with a warning, never opened and never deleted.
 
 This module knows the file format only; :mod:`gpubp.training_state` knows what a
 training run stores in it.
@@ -38,6 +39,7 @@ from safetensors.numpy import save as safetensors_save
 from gpubp.errors import CheckpointError, CheckpointMismatchError
 from gpubp.fileio import (
     atomic_writer,
+    describe_mode,
     open_regular,
     read_safetensors,
     read_safetensors_bytes,
@@ -134,17 +136,33 @@ def _head(body) -> bytes:
     return MAGIC + hashlib.sha256(body).digest()
 
 
-def latest_metadata(directory) -> dict | None:
+def latest_metadata(directory, check=None) -> dict | None:
     """The ``metadata`` that :meth:`gpubp.Trainer.fit` stored in the newest checkpoint of
-    ``directory`` that reads (the command line keeps its options there); None when no
-    checkpoint reads or the newest that does holds none."""
+    ``directory`` that reads and passes ``check`` (the command line keeps its options
+    there); None when no checkpoint does or the newest that does holds none. See
+    :func:`newest_metadata`."""
+    found = newest_metadata(directory, check)
+    return None if found is None else found[1]
+
+
+def newest_metadata(directory, check=None) -> tuple[Path, dict | None] | None:
+    """(path, metadata) of the newest checkpoint of ``directory`` that reads and whose
+    metadata ``check(path, metadata)``, when given, accepts (by not raising
+    CheckpointError); metadata is None when it holds none.
+    None when no checkpoint does. Files that fail are skipped silently here: resuming
+    warns about them."""
     for path in reversed(list_checkpoints(directory)):
         try:
             _, state = read_checkpoint(path)
+            metadata = state.get("metadata")
+            metadata = metadata if isinstance(metadata, dict) else None
+            if check is not None:
+                check(path, metadata)
+        except CheckpointMismatchError:
+            raise
         except (CheckpointError, OSError):  # unreadable, or gone: the next older one
             continue
-        metadata = state.get("metadata")
-        return metadata if isinstance(metadata, dict) else None
+        return path, metadata
     return None
 
 
@@ -158,9 +176,13 @@ class CheckpointDirectory:
     just written, and never deletes a file it cannot read: it reports it instead.
     """
 
-    def __init__(self, directory, keep_last: int = 3):
+    def __init__(self, directory, keep_last: int = 3, check_metadata=None):
         self.directory = Path(directory)
         self.keep_last = keep_last
+        # check_metadata(path, metadata): raises CheckpointError for a checkpoint this run
+        # must not resume from nor count as good (then skipped like an unreadable one), or
+        # CheckpointMismatchError to stop the resume (the command line's recorded options)
+        self._check_metadata = check_metadata
         self._lock_fd = None
         self._verified: dict[str, tuple] = {}  # name -> (size, mtime_ns) known to verify
         self._unreadable: dict[str, tuple] = {}  # name -> (size, mtime_ns) that failed
@@ -209,13 +231,17 @@ class CheckpointDirectory:
         """The newest checkpoint that reads and that ``accept(path, tensors, state)``
         takes: (path, what accept returned), or None when none does.
 
-        ``accept`` may raise CheckpointError to reject a file; each newer file that fails
-        is skipped with a :class:`CheckpointWarning` naming why (and is never deleted).
-        A CheckpointMismatchError (a different run's checkpoint) is raised, not skipped.
+        ``accept`` may raise CheckpointError to reject a file, and so may the metadata
+        check (``check_metadata``), which runs first; each newer file that
+        fails is skipped with a :class:`CheckpointWarning` naming why (and is never
+        deleted). A CheckpointMismatchError (a different run's checkpoint) is raised, not
+        skipped.
         """
         for path in reversed(self.list()):
             try:
-                accepted = accept(path, *read_checkpoint(path))
+                tensors, state = read_checkpoint(path)
+                self._check(path, state)
+                accepted = accept(path, tensors, state)
             except CheckpointMismatchError:
                 raise
             except (CheckpointError, OSError) as why:  # corrupt, or EACCES/EIO: skipped
@@ -234,7 +260,7 @@ class CheckpointDirectory:
         first, never overwritten.
         """
         target = checkpoint_path(self.directory, step)
-        if target.exists() and not self._verifies(target):
+        if os.path.lexists(target) and not self._verifies(target):  # a dangling link too
             self._move_aside(target)
         path = write_checkpoint(self.directory, step, tensors, state)
         self._verified[path.name] = _identity(path)
@@ -251,8 +277,8 @@ class CheckpointDirectory:
                 old.unlink(missing_ok=True)
                 self._verified.pop(old.name, None)
         for stale in self.directory.glob(TEMPORARY):
-            try:  # the directory is locked: no other run writes here, whatever the age
-                remove_if_abandoned(stale, min_age_s=0)
+            try:  # a temporary file nobody holds the lock of: a killed write's
+                remove_if_abandoned(stale)
             except OSError:  # a live writer's file, or gone already
                 pass
 
@@ -260,28 +286,40 @@ class CheckpointDirectory:
         """Whether ``path`` is a complete checkpoint (read once, then remembered by its
         size and modification time). One that is not is reported once."""
         identity = _identity(path)
+        if identity is None:  # gone, or a link to nothing: nothing there verifies
+            return False
         if self._verified.get(path.name) == identity:
             return True
         if self._unreadable.get(path.name) == identity:
             return False
         try:
-            read_checkpoint(path)
+            _, state = read_checkpoint(path)
+            try:
+                self._check(path, state)
+            except CheckpointMismatchError:
+                pass  # good, just not for resuming: rotation counts it
         except (CheckpointError, OSError) as why:
             self._unreadable[path.name] = identity
-            warnings.warn(f"checkpoint {path} cannot be read ({why}); it is left in place "
-                          "and not counted among the checkpoints kept", CheckpointWarning,
-                          stacklevel=4)
+            warnings.warn(f"checkpoint {path} cannot be read or used ({why}); it is left in "
+                          "place and not counted among the checkpoints kept",
+                          CheckpointWarning, stacklevel=4)
             return False
         self._verified[path.name] = identity
         return True
 
+    def _check(self, path: Path, state: dict) -> None:
+        """Apply the metadata check, if any, to a checkpoint's state."""
+        if self._check_metadata is not None:
+            metadata = state.get("metadata")
+            self._check_metadata(path, metadata if isinstance(metadata, dict) else None)
+
     def _move_aside(self, path: Path) -> Path:
         aside, n = path.with_name(path.name + UNREADABLE), 1
-        while aside.exists():
+        while os.path.lexists(aside):
             aside, n = path.with_name(f"{path.name}{UNREADABLE}.{n}"), n + 1
         os.replace(path, aside)
-        warnings.warn(f"checkpoint {path} cannot be read; moved to {aside} so that a new "
-                      "checkpoint can take its name", CheckpointWarning, stacklevel=3)
+        warnings.warn(f"checkpoint {path} cannot be read or used; moved to {aside} so that "
+                      "a new checkpoint can take its name", CheckpointWarning, stacklevel=3)
         return aside
 
 
@@ -308,11 +346,27 @@ def _check_usable(directory: Path) -> None:
     if existing != directory:
         return
     for entry in directory.iterdir():
-        ours = (NAME.fullmatch(entry.name) or entry.name == LOCK
-                or (entry.name.startswith(".ckpt-") and entry.name.endswith(".tmp")))
+        if NAME.fullmatch(entry.name):
+            if not entry.is_file():  # never opened: listing, resume and rotation skip it
+                warnings.warn(f"skipping {entry}: it is {_kind_of(entry)}, not a regular "
+                              "file, so it is not a checkpoint; it is left in place",
+                              CheckpointWarning, stacklevel=4)
+            continue
+        ours = entry.name == LOCK or (entry.name.startswith(".ckpt-")
+                                      and entry.name.endswith(".tmp"))
         if ours and (entry.is_symlink() or not entry.is_file()):
             raise ValueError(f"checkpoint_dir: {entry} is not a regular file, where gpubp "
-                             "keeps its own files; move it away")
+                             "must write its own files; move it away")
+
+
+def _kind_of(entry: Path) -> str:
+    """What a directory entry that is not a regular file is, without opening it."""
+    try:
+        mode = entry.stat().st_mode  # through a link: what reading would meet
+    except OSError as e:
+        return f"a link that cannot be followed ({e.strerror})"
+    kind = describe_mode(mode)
+    return f"a link to {kind}" if entry.is_symlink() else kind
 
 
 def _probe_write(directory: Path) -> None:

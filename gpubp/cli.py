@@ -32,7 +32,14 @@ from gpubp.datasets.files import CsvFormat, check_pair, csv_header, iter_csv, lo
 from gpubp.datasets.npz import npz_names, read_npz
 from gpubp.datasets.preprocessing import make_scaler, stratified_split_rows
 from gpubp.distributed import get_communicator, under_mpi_launcher
-from gpubp.errors import BackendError, CheckpointError, DataError, GpubpError, TrainingInterrupted
+from gpubp.errors import (
+    BackendError,
+    CheckpointError,
+    CheckpointMismatchError,
+    DataError,
+    GpubpError,
+    TrainingInterrupted,
+)
 from gpubp.fileio import atomic_writer, check_writable, is_same_file, open_regular, user_cache_dir
 from gpubp.metrics import confusion_matrix, format_report, report
 from gpubp.model_info import ModelInfo
@@ -276,8 +283,9 @@ def _train(args) -> int:
         raise ValueError("--checkpoint-every: needs --checkpoint-dir (or --resume)"
                          if args.checkpoint_every is not None
                          else "--keep-last: needs --checkpoint-dir")
+    recorded = None
     if args.resume:
-        _restore_run_options(args, Path(args.resume))
+        recorded = _restore_run_options(args, Path(args.resume))
     _fill_defaults(args)
     # Every option is checked before anything is created or trained.
     if checkpoint_dir is not None:
@@ -326,9 +334,11 @@ def _train(args) -> int:
         checkpointing = {"checkpoint_dir": checkpoint_dir,
                          "checkpoint_every": args.checkpoint_every,
                          "resume": bool(args.resume), "keep_last": args.keep_last,
-                         "metadata": {"options": _run_options(args)}}
+                         "metadata": {"options": _run_options(args)},
+                         "check_metadata": recorded}  # resume where the options came from
     started = time.perf_counter()
-    history = trainer.fit(data.X_train, data.y_train, validation=validation, **checkpointing)
+    history = trainer.fit(data.X_train, data.y_train, validation=validation,
+                          **checkpointing)
     train_time = time.perf_counter() - started
     test = net.evaluate(data.X_test, data.y_test)
     if args.save and root:
@@ -498,33 +508,77 @@ def _run_options(args) -> dict:
     return options
 
 
-def _restore_run_options(args, directory: Path) -> None:
-    """Take the options recorded in DIR's newest readable checkpoint (or a gpubp 0.1
-    DIR/run.json) for every flag not given now."""
+def _restore_run_options(args, directory: Path) -> "_RecordedOptions":
+    """Take the options recorded in DIR's newest usable checkpoint (or a gpubp 0.1
+    DIR/run.json) for every flag not given now. A checkpoint whose recorded options are
+    invalid is passed over for the one before it, as resuming does (see
+    :class:`_RecordedOptions`, which is returned for the trainer to apply)."""
     if not directory.is_dir():
         raise ValueError(f"--resume: {directory} is not a directory")
-    metadata = checkpoint.latest_metadata(directory)
-    source = f"{directory}'s newest checkpoint"
-    saved = metadata.get("options") if metadata is not None else None
-    if saved is None and (directory / RUN_FILE).exists():
+    check = _RecordedOptions()
+    found = checkpoint.newest_metadata(directory, check)
+    saved = _recorded_options(found[0], found[1]) if found is not None else None
+    if saved is not None:
+        check.source = found[0]
+    elif (directory / RUN_FILE).exists():
         source = directory / RUN_FILE
         try:
             saved = json.loads(open_regular(source, CheckpointError).read())
         except (ValueError, RecursionError) as e:
             raise CheckpointError(f"{source}: unreadable run options ({e})") from e
+        saved = _recorded_options(source, {"options": saved})
     if saved is None:
-        return  # checkpoints written from Python: the flags given now must match them
+        return check  # checkpoints written from Python: the flags given now must match them
+    for key in RUN_OPTIONS:
+        if getattr(args, key) is None:
+            check.restored[key] = saved.get(key)
+            setattr(args, key, saved.get(key))
+    return check
+
+
+def _recorded_options(source, metadata: dict | None) -> dict | None:
+    """The run options in a checkpoint's ``metadata`` (None when it holds none), each
+    checked against its JSON types. Raises CheckpointError naming ``source``."""
+    saved = metadata.get("options") if metadata is not None else None
+    if saved is None:
+        return None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{source}: run options are not a JSON object")
     for key, types in RUN_OPTIONS.items():
         value = saved.get(key)
-        if value is None:
-            continue
-        if not _option_fits(key, value, types):
+        if value is not None and not _option_fits(key, value, types):
             raise CheckpointError(f"{source}: option {key} is {short_repr(value)}, expected "
                                   + " or ".join(t.__name__ for t in types))
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    return saved
+
+
+class _RecordedOptions:
+    """The check of checkpoints' recorded options that `gpubp train --resume` applies
+    (``Trainer.fit(check_metadata=...)``), so that the checkpoint resumed is the
+    one whose options were taken, or one that records the same.
+
+    A checkpoint whose options are invalid is a CheckpointError: skipped, like an
+    unreadable one. One older than ``source`` (the checkpoint the options came from,
+    which the trainer then could not resume) that records other values for options not
+    given now is a CheckpointMismatchError, naming the file to move aside.
+    """
+
+    def __init__(self):
+        self.source: Path | None = None
+        self.restored: dict = {}  # option -> the value taken from source (None: unset)
+
+    def __call__(self, path, metadata) -> None:
+        saved = _recorded_options(path, metadata)
+        if self.source is None or saved is None or Path(path) == self.source:
+            return
+        differ = [key for key, value in self.restored.items() if saved.get(key) != value]
+        if differ:
+            flags = ", ".join("--" + key.replace("_", "-") for key in differ)
+            raise CheckpointMismatchError(
+                f"resume: the options were taken from {self.source}, which cannot be "
+                f"resumed (see the warning above); the newest checkpoint that can, {path}, "
+                f"records other values of {flags}. Move {self.source} aside and resume "
+                f"again to take {Path(path).name}'s, or give {flags} yourself")
 
 
 def _option_fits(key, value, types) -> bool:

@@ -26,7 +26,6 @@ import resource
 import secrets
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -37,8 +36,9 @@ TEMPORARY_SUFFIX = ".tmp"
 # NAME_MAX (255 bytes on Linux file systems) so that any legal target name works.
 _TOKEN_BYTES = 6
 _TEMPORARY_OVERHEAD = 1 + 1 + 2 * _TOKEN_BYTES + len(TEMPORARY_SUFFIX)
-# A temporary file younger than this is never taken for a dead writer's, whatever its lock.
-STALE_AFTER_S = 10.0
+# Fresh temporary names a save tries when other saves keep taking its files for a dead
+# writer's before it can lock them (each try is a new random name; one is the rule).
+_TEMPORARY_TRIES = 20
 
 
 def user_cache_dir(*parts: str) -> Path:
@@ -68,7 +68,7 @@ def open_regular(path, error=ValueError):
     """
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        raise error(f"{path}: is {_describe(mode)}, not a regular file")
+        raise error(f"{path}: is {describe_mode(mode)}, not a regular file")
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -77,7 +77,7 @@ def open_regular(path, error=ValueError):
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise error(f"{path}: is {_describe(mode)}, not a regular file")
+            raise error(f"{path}: is {describe_mode(mode)}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -85,7 +85,8 @@ def open_regular(path, error=ValueError):
         raise
 
 
-def _describe(mode: int) -> str:
+def describe_mode(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words ("a FIFO (named pipe)"...)."""
     for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -411,9 +412,9 @@ def remove_stale_temporaries(path: Path) -> None:
     """Delete temporary files that killed writes to ``path`` left beside it.
 
     Only regular files named by :func:`atomic_writer`'s pattern for this very target are
-    candidates, and only those no live writer holds: a writer keeps an exclusive
-    ``flock`` on its temporary file, so a lock that can be taken (on a file not written
-    to in the last ``STALE_AFTER_S`` seconds) means its writer is gone.
+    candidates, and only those no live writer holds: a writer holds an exclusive
+    ``flock`` on its temporary file from just after creating it until it is renamed, so a
+    lock that can be taken means its writer is gone, however recent the file.
     """
     try:
         entries = list(path.parent.iterdir())
@@ -425,19 +426,55 @@ def remove_stale_temporaries(path: Path) -> None:
                 remove_if_abandoned(candidate)
 
 
-def remove_if_abandoned(candidate: Path, min_age_s: float = STALE_AFTER_S) -> None:
-    """Delete the temporary file ``candidate`` if no live writer holds it (see above) and
-    it was last written ``min_age_s`` ago or more. OSError when it cannot be opened,
-    BlockingIOError when a writer holds it."""
-    fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+def remove_if_abandoned(candidate: Path) -> None:
+    """Delete the temporary file ``candidate`` if no live writer holds its lock (see
+    above). OSError when it cannot be opened, BlockingIOError when a writer holds it.
+
+    The file is opened non-blocking without following links, its lock is taken without
+    waiting, and it is unlinked while that lock is held and only if the name still leads
+    to the file locked; a writer that created it but had not locked it yet sees, once it
+    has the lock, that its file is gone, and starts again (:func:`_locked_temporary`).
+    """
+    fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < min_age_s:
+        if not stat.S_ISREG(info.st_mode):
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer
-        candidate.unlink()
+        now = os.lstat(candidate)
+        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            candidate.unlink()
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock, after the unlink
+
+
+def _locked_temporary(path: Path):
+    """(name, binary file) of a new temporary file for ``path``, created and holding an
+    exclusive ``flock``; the lock is what tells other saves that its writer is alive.
+
+    Between the create and the lock, another save may take the file for a dead
+    writer's and remove it: the lock is then busy, or the file has no name left, and a
+    new name is tried.
+    """
+    for _ in range(_TEMPORARY_TRIES):
+        tmp = temporary_name(path, secrets.token_hex(_TOKEN_BYTES))
+        try:
+            f = open(tmp, "xb")
+        except OSError as e:  # name the file being written, not our temporary name
+            raise type(e)(e.errno, f"cannot write {path} ({e.strerror})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(f.fileno()).st_nlink > 0:
+                return tmp, f
+        except BlockingIOError:
+            pass  # another save is removing it right now
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        f.close()  # removed by another save before we held it: not ours to unlink
+    raise OSError(f"cannot write {path}: {_TEMPORARY_TRIES} temporary files in a row were "
+                  "removed by other saves to the same path before they could be locked")
 
 
 def check_writable(path, name: str = "path") -> Path:
@@ -475,7 +512,8 @@ def atomic_writer(path):
 
     Readers see the old file or the new one, never part of one. A new file gets the
     usual umask permissions; a replaced one keeps its mode. Temporary files an earlier
-    killed write left for the same target are removed first.
+    killed write left for the same target are removed first: the temporary file is
+    ``flock``ed from its creation to its rename, so one nobody holds is a dead writer's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -484,20 +522,15 @@ def atomic_writer(path):
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = None
-    tmp = temporary_name(path, secrets.token_hex(_TOKEN_BYTES))
+    tmp, f = _locked_temporary(path)
     try:
-        f = open(tmp, "xb")
-    except OSError as e:  # name the file being written, not our temporary name
-        raise type(e)(e.errno, f"cannot write {path} ({e.strerror})") from None
-    try:
-        with f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # held while writing: not stale
+        with f:  # locked until closed, after the rename: never taken for a dead writer's
             if mode is not None:
                 os.fchmod(f.fileno(), mode)
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)

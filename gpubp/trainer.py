@@ -126,7 +126,8 @@ class Trainer:
         self.comm = _communicator(distributed)
 
     def fit(self, X, y, validation=None, *, checkpoint_dir=None, checkpoint_every=None,
-            resume: bool = False, keep_last: int = 3, metadata: dict | None = None) -> History:
+            resume: bool = False, keep_last: int = 3, metadata: dict | None = None,
+            check_metadata=None) -> History:
         """Train on (X, y). Returns the :class:`History`.
 
         Args:
@@ -145,6 +146,11 @@ class Trainer:
             keep_last: how many checkpoints to keep; older ones are deleted.
             metadata: a JSON-serializable dict stored in every checkpoint (the command
                 line keeps its options there); see :func:`gpubp.checkpoint.latest_metadata`.
+            check_metadata: ``check(path, metadata)``, run on a checkpoint's stored
+                metadata before it is resumed from or kept as good: it raises
+                CheckpointError to pass that checkpoint over like an unreadable one (the
+                command line checks the options it recorded), CheckpointMismatchError to
+                stop the resume.
 
         The checkpoint directory is checked, created and locked only after every argument
         and the data are accepted; a second run on the same directory is refused at once.
@@ -174,7 +180,8 @@ class Trainer:
         saver = None
         if checkpoint_dir is not None:
             saver = _Saver(self, checkpoint_dir, every, keep_last,
-                           self._run_config(X, targets, X_val, t_val), metadata)
+                           self._run_config(X, targets, X_val, t_val), metadata,
+                           check_metadata)
         if self.comm.size > 1:  # every rank must be running the same training
             self.comm.check_same("the run", self._run_config(X, targets, X_val, t_val))
         fit = _Fit(X, targets, X_val, t_val, rng, self.optimizer.lr, saver,
@@ -395,9 +402,9 @@ class _Saver:
     """
 
     def __init__(self, trainer: Trainer, directory, every, keep_last: int, config: dict,
-                 metadata: dict | None):
+                 metadata: dict | None, check_metadata=None):
         self.trainer, self.comm = trainer, trainer.comm
-        self.files = checkpoint.CheckpointDirectory(directory, keep_last)
+        self.files = checkpoint.CheckpointDirectory(directory, keep_last, check_metadata)
         self.directory = self.files.directory
         self.count, self.unit = every
         self.config, self.metadata = config, metadata

@@ -465,6 +465,79 @@ def test_cli_resume_with_a_new_epochs_target_records_it(tmp_path, capsys):
         f"command line: gpubp train --resume {run_dir})" in capsys.readouterr().err
 
 
+def reseal(path, change):
+    """Rewrite the checkpoint at ``path`` with ``change(state)`` applied, under a valid
+    checksum: what a bad disk cannot do, but a hand edit or a bug could."""
+    tensors, state = checkpoint.read_checkpoint(path)
+    change(state)
+    step = int(checkpoint.NAME.fullmatch(path.name).group(1))
+    checkpoint.write_checkpoint(path.parent, step, tensors, state)
+
+
+def two_runs_of_options(tmp_path):
+    """A CLI run of 2 epochs, resumed to 3: the newest checkpoint records epochs=3, the one
+    before it epochs=2. Returns (run directory, [checkpoint paths, oldest first])."""
+    run_dir = tmp_path / "run"
+    options = ["--layers", "8", "--batch-size", "256", "--backend", "numpy", "--quiet"]
+    assert main(["train", *options, "--epochs", "2", "--checkpoint-dir", str(run_dir)]) == 0
+    assert main(["train", "--resume", str(run_dir), "--epochs", "3", "--quiet"]) == 0
+    saved = checkpoint.list_checkpoints(run_dir)
+    assert [checkpoint.read_checkpoint(p)[1]["metadata"]["options"]["epochs"]
+            for p in saved[-2:]] == [2, 3]
+    return run_dir, saved
+
+
+@pytest.mark.parametrize("key,value", [("lr", 10**400), ("layers", [10**400]),
+                                       ("epochs", "three"), ("options", None)],
+                         ids=["lr", "layers", "epochs", "options"])
+def test_cli_resume_skips_a_checkpoint_whose_options_are_invalid(tmp_path, capsys, key,
+                                                                  value):
+    """Invalid recorded options make a checkpoint unusable like an unreadable one: the run
+    resumes from the previous checkpoint, with that checkpoint's own options."""
+    run_dir, saved = two_runs_of_options(tmp_path)
+
+    def spoil(state):
+        if key == "options":
+            state["metadata"]["options"] = ["not", "an", "object"]
+        else:
+            state["metadata"]["options"][key] = value
+
+    reseal(saved[-1], spoil)
+    capsys.readouterr()
+    with pytest.warns(CheckpointWarning, match=f"skipping checkpoint {re.escape(str(saved[-1]))}"):
+        assert main(["train", "--resume", str(run_dir), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    # The previous checkpoint's options (epochs=2), and its weights: nothing left to train.
+    assert json.loads(captured.out)["epochs"] == 2
+    assert saved[-1].exists()  # never deleted
+    # Training on writes a new checkpoint at its name: it is moved aside, not overwritten.
+    with pytest.warns(CheckpointWarning) as caught:
+        assert main(["train", "--resume", str(run_dir), "--epochs", "3", "--quiet"]) == 0
+    assert any("moved to" in str(w.message) for w in caught)
+    assert saved[-1].with_name(saved[-1].name + checkpoint.UNREADABLE).exists()
+    assert checkpoint.latest_metadata(run_dir)["options"]["epochs"] == 3
+
+
+def test_cli_resume_refuses_options_of_a_checkpoint_it_cannot_resume(tmp_path, capsys):
+    """The options come from the newest checkpoint; when the trainer cannot resume that
+    one (its state is bad under a valid checksum) and the previous one records other
+    options, the error names the file to move aside, never mixes the two."""
+    run_dir, saved = two_runs_of_options(tmp_path)
+    reseal(saved[-1], lambda state: state.update(lr=-1.0))
+    capsys.readouterr()
+    with pytest.warns(CheckpointWarning, match=f"skipping checkpoint {re.escape(str(saved[-1]))}"):
+        assert main(["train", "--resume", str(run_dir), "--json", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"Move {saved[-1]} aside" in err and "--epochs" in err
+    assert saved[-1].exists()
+    # Given on the command line, the differing option no longer matters.
+    with pytest.warns(CheckpointWarning):
+        assert main(["train", "--resume", str(run_dir), "--json", "--quiet",
+                     "--epochs", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 3
+
+
 @pytest.mark.parametrize("content,message", [
     ("[" * 100000, "unreadable run options"),
     ('{"layers": "abc"}', "option layers is 'abc', expected list"),

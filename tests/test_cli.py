@@ -206,6 +206,28 @@ def test_a_label_column_named_twice_is_an_error(tmp_path, capsys):
     assert "the label column 'label' appears 2 times" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("index,twin", [("0", 4), ("-1", 0), ("4", 0)])
+def test_a_label_column_named_twice_is_an_error_when_given_by_index(tmp_path, capsys,
+                                                                      index, twin):
+    rng = np.random.default_rng(0)
+    rows = ["label,a,b,c,label"] + [f"{rng.integers(2)},{rng.normal()},{rng.normal()},"
+                                    f"{rng.normal()},{i % 2}" for i in range(50)]
+    rows = [",".join(reversed(r.split(","))) if index == "4" else r for r in rows]
+    (tmp_path / "dup.csv").write_text("\n".join(rows))
+    assert main(["train", "--dataset", str(tmp_path / "dup.csv"), "--label-column", index,
+                 "--epochs", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    at = int(index) % 5
+    assert f"dup.csv: the label column {at} is named 'label', and so is column {twin}" in err
+
+
+def test_a_header_with_other_names_twice_still_trains_by_index(tmp_path, capsys):
+    rows = ["y,a,a"] + [f"{i % 2},{i},{-i}" for i in range(40)]
+    (tmp_path / "ok.csv").write_text("\n".join(rows))
+    assert main(["train", "--dataset", str(tmp_path / "ok.csv"), "--label-column", "0",
+                 "--epochs", "1", "--quiet"]) == 0
+
+
 def test_json_output_pipes_into_a_json_parser(tmp_path):
     code, out, err = gpubp_cli("train", "--epochs", "2", "--json", "--quiet")
     assert code == 0 and json.loads(out)["epochs"] == 2  # the whole of stdout
@@ -407,6 +429,22 @@ def test_mixed_label_types_in_an_npz_are_refused(tmp_path, capsys):
              y_test=np.array(["0", "1", "0", "1"]))
     assert main(["train", "--dataset", str(tmp_path / "m.npz"), "--quiet"]) == 1
     assert "y_train holds integers and y_test strings" in capsys.readouterr().err
+
+
+def test_mixed_label_types_across_a_training_and_a_test_file_are_refused(tmp_path, capsys):
+    X = np.zeros((4, 2))
+    np.savez(tmp_path / "tr.npz", X=X, y=np.array([0, 1, 0, 1]))
+    np.savez(tmp_path / "te.npz", X=X, y=np.array(["0", "1", "0", "1"]))
+    assert main(["train", "--dataset", str(tmp_path / "tr.npz"), "--test",
+                 str(tmp_path / "te.npz"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'tr.npz'} holds integer labels and {tmp_path / 'te.npz'} " \
+        "string labels" in err
+    assert "is not one of the model's" not in err
+    np.savez(tmp_path / "te.npz", X=X, y=np.array([0.5, 1.5, 0.5, 1.5]))
+    assert main(["train", "--dataset", str(tmp_path / "tr.npz"), "--test",
+                 str(tmp_path / "te.npz"), "--quiet"]) == 1
+    assert "integer labels and" in capsys.readouterr().err
 
 
 def test_an_old_model_file_loads_with_classes_0_to_c(tmp_path, capsys):

@@ -84,6 +84,58 @@ def test_the_interrupt_message_names_a_file_that_exists(tmp_path):
     assert info.value.path.is_file() and str(info.value.path) in str(info.value)
 
 
+# ---- 7. a newest "checkpoint" that is not a regular file ---------------------------------
+
+def gpubp_cli(*args, timeout=120):
+    """The gpubp command in a subprocess, so that a hang fails the test by its timeout."""
+    done = subprocess.run([sys.executable, "-m", "gpubp", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def make_odd(path, kind):
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open would wait forever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(path.parent / "nowhere")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "dangling"])
+def test_a_newest_checkpoint_that_is_not_a_regular_file_is_skipped(tmp_path, kind):
+    """A FIFO, a link to /dev/zero, a directory or a dangling link at a checkpoint's
+    name: resume falls back to the newest good checkpoint, with a warning naming it, never
+    opens it, and neither rotation nor a new checkpoint at its name deletes it."""
+    run = tmp_path / "r2"
+    options = ["--layers", "8", "--batch-size", "256", "--quiet", "--keep-last", "1"]
+    code, _, err = gpubp_cli("train", *options, "--epochs", "2", "--checkpoint-dir", run)
+    assert code == 0, err
+    (done,) = checkpoint.list_checkpoints(run)
+    steps = int(checkpoint.NAME.fullmatch(done.name).group(1)) // 2  # a run of 2 epochs
+    odd = checkpoint.checkpoint_path(run, 99_999)  # the newest by name
+    in_the_way = checkpoint.checkpoint_path(run, 3 * steps)  # the name epoch 3 writes
+    make_odd(odd, kind)
+    make_odd(in_the_way, kind)
+    code, out, err = gpubp_cli("train", "--resume", run, "--epochs", "3", "--json", *options)
+    assert code == 0, err
+    assert json.loads(out)["epochs"] == 3
+    assert str(odd) in err and "not a regular file" in err and "Traceback" not in err
+    names = {p.name for p in run.iterdir()}
+    assert odd.name in names and in_the_way.name in names  # a new checkpoint took the name
+    assert in_the_way.name + checkpoint.UNREADABLE in names  # the odd one moved aside
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == [in_the_way.name]
+    assert os.path.lexists(odd) and not odd.is_file()
+
+
+@pytest.mark.parametrize("name", [".lock", ".ckpt-000000000004.ckpt.0123456789ab.tmp"])
+def test_a_fifo_where_gpubp_must_write_is_still_refused(tmp_path, name):
+    os.mkfifo(tmp_path / name)
+    unchanged_after(tmp_path, tmp_path, ValueError, "is not a regular file")
+
+
 # ---- 4. one writer per directory ------------------------------------------------------
 
 def test_a_second_run_on_a_locked_directory_fails_at_once_naming_the_holder(tmp_path):
@@ -146,8 +198,6 @@ def test_a_directory_in_place_of_a_temporary_name_fails_before_the_first_step(tm
     (tmp_path / ".ckpt-000000000004.ckpt.0123456789ab.tmp").mkdir()
     unchanged_after(tmp_path, tmp_path, ValueError, "is not a regular file")
     (tmp_path / ".ckpt-000000000004.ckpt.0123456789ab.tmp").rmdir()
-    (tmp_path / "ckpt-000000000008.ckpt").mkdir()
-    unchanged_after(tmp_path, tmp_path, ValueError, "is not a regular file")
 
 
 @pytest.mark.skipif(ROOT, reason="permissions do not stop root")
@@ -263,8 +313,7 @@ def test_a_killed_save_leaves_a_temporary_file_the_next_save_removes(tmp_path):
     subprocess.run([sys.executable, "-c", code], timeout=60)
     stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(stale) == 1 and stale[0].name.startswith(".m.safetensors.")
-    old = time.time() - 2 * fileio.STALE_AFTER_S
-    os.utime(stale[0], (old, old))
+    old = time.time() - 3600
     unrelated = tmp_path / ".other.0123456789ab.tmp"
     unrelated.write_text("not ours")
     os.utime(unrelated, (old, old))
@@ -272,12 +321,75 @@ def test_a_killed_save_leaves_a_temporary_file_the_next_save_removes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, target.name]
 
 
+def test_a_killed_saves_temporary_file_is_removed_by_an_immediate_save(tmp_path):
+    """No waiting period: a writer holds an flock on its temporary file for as long as it
+    exists, so one that nobody holds is a dead writer's, however new."""
+    target = tmp_path / "m.safetensors"
+    code = ("import os, signal, gpubp.fileio as f\n"
+            "with f.atomic_writer(" + repr(str(target)) + ") as out:\n"
+            "    out.write(b'partial'); out.flush()\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9
+    (stale,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert time.time() - stale.stat().st_mtime < 5  # just now
+    gpubp.MLP([3, 2], backend="numpy").save(target)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_another_live_processs_temporary_file_is_not_removed(tmp_path):
+    target = tmp_path / "m.safetensors"
+    code = ("import sys, gpubp.fileio as f\n"
+            "with f.atomic_writer(" + repr(str(target)) + ") as out:\n"
+            "    out.write(b'theirs'); out.flush()\n"
+            "    print('writing', flush=True); sys.stdin.readline()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "writing"
+        (live,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        old = time.time() - 3600
+        os.utime(live, (old, old))  # however old it looks
+        with fileio.atomic_writer(target) as f:
+            f.write(b"ours")
+        assert live.exists()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0  # its save completed: it was not disturbed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_temporary_file_taken_for_stale_before_its_writer_locks_it(tmp_path, monkeypatch):
+    """Between creating its temporary file and locking it, a writer's file looks
+    abandoned to another save, which may remove it; the writer then starts again on a
+    new name instead of losing its save."""
+    target = tmp_path / "m.safetensors"
+    flock, removed = fileio.fcntl.flock, []
+
+    def another_save_first(fd, op):
+        if not removed:  # the first lock the writer takes: another save removes its file
+            (tmp,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+            removed.append(tmp)
+            fileio.remove_if_abandoned(tmp)
+        return flock(fd, op)
+
+    monkeypatch.setattr(fileio.fcntl, "flock", another_save_first)
+    with fileio.atomic_writer(target) as f:
+        f.write(b"saved")
+    assert removed and not removed[0].exists()
+    assert target.read_bytes() == b"saved"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def test_a_live_writers_temporary_file_is_not_removed(tmp_path):
     target = tmp_path / "m.safetensors"
     with fileio.atomic_writer(target) as f:
         f.write(b"in progress")
         (live,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        old = time.time() - 2 * fileio.STALE_AFTER_S
+        old = time.time() - 3600
         os.utime(live, (old, old))
         fileio.remove_stale_temporaries(target)  # another save to the same path
         assert live.exists()

@@ -177,6 +177,7 @@ def _columns(reader, path, fmt: CsvFormat) -> _Columns:
             label_at = found[0]
         else:
             label_at = _label_index(path, label, width)
+            _check_label_named_once(path, header, label_at)
         names = [n for i, n in enumerate(header) if i != label_at]
         pending = []
     label_name = None if label_at is None else (
@@ -184,6 +185,19 @@ def _columns(reader, path, fmt: CsvFormat) -> _Columns:
     if width - (label_at is not None) < 1:
         raise DataError(f"{path}: no feature column: X must be 2-D (rows, features ≥ 1)")
     return _Columns(width, label_at, names, label_name, pending)
+
+
+def _check_label_named_once(path, header, label_at) -> None:
+    """Refuse a label column, given by index, whose header name another column has too:
+    that column may hold the labels again, and would be read as a feature."""
+    if label_at is None or not header[label_at]:
+        return  # blank names say nothing about what a column holds
+    twins = [i for i, name in enumerate(header) if name == header[label_at] and i != label_at]
+    if twins:
+        raise DataError(f"{path}: the label column {label_at} is named "
+                        f"{header[label_at]!r:.80}, and so is column "
+                        f"{', '.join(str(i) for i in twins)}; that column may hold the "
+                        "labels again and would be read as a feature: rename or remove it")
 
 
 def _is_index(text: str) -> bool:
@@ -320,6 +334,8 @@ def load_file(path, *, test_fraction: float = 0.2, split_seed: int = 0,
             raise DataError(f"{test_path}: {test.X.shape[1]} features, the training file "
                             f"{path} has {train.X.shape[1]}")
         X_train, y_train, X_test, y_test = train.X, train.y, test.X, test.y
+        if test.labels_text is None:  # an .npz's typed labels (a CSV's are text)
+            _check_same_label_kind(path, y_train, y_test, test_path)
         names, label_name, test_source = train.feature_names, train.label_name, test_path
         test_text = test.labels_text
     elif path.suffix.lower() == ".npz" and {"X_train", "y_train"} <= npz_names(path):
@@ -409,10 +425,18 @@ def _label_kind(y) -> str:
         y.dtype.kind, "strings")
 
 
-def _check_same_label_kind(path, y_train, y_test) -> None:
-    if _label_kind(y_train) != _label_kind(y_test):
-        raise DataError(f"{path}: y_train holds {_label_kind(y_train)} and y_test "
-                        f"{_label_kind(y_test)}; the labels must be of one type")
+def _check_same_label_kind(path, y_train, y_test, test_path=None) -> None:
+    """Refuse training and test labels of different kinds (integers, floats, strings):
+    within one .npz, or between the training file and the ``test_path`` file."""
+    train_kind, test_kind = _label_kind(y_train), _label_kind(y_test)
+    if train_kind == test_kind:
+        return
+    if test_path is None:
+        raise DataError(f"{path}: y_train holds {train_kind} and y_test {test_kind}; the "
+                        "labels must be of one type")
+    raise DataError(f"{path} holds {train_kind[:-1]} labels and {test_path} "
+                    f"{test_kind[:-1]} labels; the training and test labels must be of "
+                    "one type")
 
 
 def _checked_range(path, X) -> np.ndarray:
