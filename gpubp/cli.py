@@ -29,7 +29,7 @@ from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
 from gpubp.datasets.files import CsvFormat, check_pair, csv_header, iter_csv, load_file, read_table
-from gpubp.datasets.npz import npz_names, read_npz
+from gpubp.datasets.npz import iter_npz_rows, npz_names, read_npz
 from gpubp.datasets.preprocessing import make_scaler, stratified_split_rows
 from gpubp.distributed import get_communicator, under_mpi_launcher
 from gpubp.errors import (
@@ -743,12 +743,11 @@ def _prediction_inputs(args, net, source: Path):
         key = "X" if "X" in names else "X_test" if "X_test" in names else None
         if key is None:
             raise DataError(f"{source}: .npz lacks an array X (or X_test); has {sorted(names)}")
-        X = read_npz(source, (key,))[key]
-        if X.ndim != 2 or X.dtype.kind not in "biuf":
-            raise DataError(f"{source}: {key} must be a 2-D numeric array, got {X.dtype}{X.shape}")
-        _check_width(source, X.shape[1], n_features)
-        for i in range(0, len(X), PREDICT_CHUNK):
-            yield X[i:i + PREDICT_CHUNK]
+        for X in iter_npz_rows(source, key, PREDICT_CHUNK):  # read block by block
+            if X.dtype.kind not in "biuf":
+                raise DataError(f"{source}: {key} must be a 2-D numeric array, got {X.dtype}")
+            _check_width(source, X.shape[1], n_features)
+            yield X
         return
     fmt = _csv_format(args, default_label=None)
     if args.label_column is None:  # a label column is dropped when the file has one

@@ -365,6 +365,9 @@ def test_predict_works_in_chunks(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "PREDICT_CHUNK", 7)
     assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
     assert capsys.readouterr().out == whole and len(whole.splitlines()) == 301
+    np.savez_compressed(tmp_path / "X.npz", X=X)  # .npz input: read 7 rows at a time too
+    assert main(["predict", str(model), str(tmp_path / "X.npz")]) == 0
+    assert capsys.readouterr().out == whole
 
 
 def test_a_label_the_model_does_not_know_is_named_with_its_rows(tmp_path, capsys):

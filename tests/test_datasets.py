@@ -245,6 +245,59 @@ def test_bad_npz_is_a_data_error(tmp_path):
         load_dataset("nope.txt")
 
 
+def write_npz(path, method, **arrays):
+    """An .npz whose members are compressed with zipfile's ``method``."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+
+
+@pytest.mark.parametrize("method", ["ZIP_STORED", "ZIP_DEFLATED", "ZIP_BZIP2", "ZIP_LZMA"])
+@pytest.mark.parametrize("order", "CF")
+def test_npz_rows_stream_block_by_block_equal_to_the_whole(tmp_path, rng, method, order):
+    import zipfile
+
+    from gpubp.datasets.npz import iter_npz_rows, read_npz
+
+    X = np.asarray(rng.normal(size=(1003, 7)), order=order)
+    write_npz(tmp_path / "x.npz", getattr(zipfile, method), X=X, empty=np.zeros((0, 7)))
+    blocks = list(iter_npz_rows(tmp_path / "x.npz", "X", 100))
+    assert [len(b) for b in blocks] == [100] * 10 + [3]
+    np.testing.assert_array_equal(np.concatenate(blocks), read_npz(tmp_path / "x.npz", ["X"])["X"])
+    assert [b.shape for b in iter_npz_rows(tmp_path / "x.npz", "empty", 100)] == [(0, 7)]
+
+
+def test_npz_rows_stream_in_bounded_memory_and_find_a_cut_member(tmp_path):
+    import tracemalloc
+    import zipfile
+
+    from gpubp.datasets.npz import iter_npz_rows
+
+    X = np.arange(40_000 * 64, dtype=np.float64).reshape(40_000, 64)  # 20 MB
+    write_npz(tmp_path / "big.npz", zipfile.ZIP_DEFLATED, X=X)
+    tracemalloc.start()
+    total = sum(float(block[:, 0].sum()) for block in iter_npz_rows(tmp_path / "big.npz", "X", 500))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total == float(X[:, 0].sum())
+    assert peak < 2 << 20, peak  # a few 256 KB blocks, not the 20 MB array
+    write_npz(tmp_path / "cut.npz", zipfile.ZIP_STORED, X=X)
+    cut = bytearray((tmp_path / "cut.npz").read_bytes())
+    cut[len(cut) // 2] ^= 0xFF  # one flipped byte mid-member: found by the CRC at the end
+    (tmp_path / "bad.npz").write_bytes(bytes(cut))
+    with pytest.raises(DataError, match="not a readable .npz archive"):
+        for _ in iter_npz_rows(tmp_path / "bad.npz", "X", 500):
+            pass
+    with pytest.raises(DataError, match="must be a 2-D array"):
+        np.savez(tmp_path / "v.npz", X=np.zeros(5))
+        next(iter_npz_rows(tmp_path / "v.npz", "X", 10))
+
+
 def test_scalers(rng):
     X = rng.normal(loc=5, scale=3, size=(100, 4))
     X[:, 2] = 7.0  # a constant feature

@@ -88,7 +88,47 @@ def _open_npz(path):
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
 
 
-def _read_member(raw, info: zipfile.ZipInfo, path) -> np.ndarray:
+def iter_npz_rows(path, key: str, rows: int):
+    """Yield the 2-D member ``key`` of the .npz at ``path`` in blocks of up to ``rows``
+    rows (one empty block when it has none), decompressing one block at a time: a file
+    larger than memory streams. (A
+    column-major member cannot be cut by rows; it is read whole, within the memory
+    bound, as :func:`read_npz` reads it.) Errors are :func:`read_npz`'s, raised from the
+    block where they are found; the CRC is checked after the last block."""
+    with _open_npz(path) as (raw, archive, names):
+        if key not in names:
+            raise DataError(f"{path}: .npz lacks the array {key!r} (has {sorted(names)})")
+        info = archive.getinfo(f"{key}.npy")
+        shape, fortran_order, dtype, start = _member_header(raw, info, path)
+        if len(shape) != 2:
+            raise DataError(f"{path}: {key} must be a 2-D array, got shape {shape}")
+        if fortran_order:
+            whole = _read_member(raw, info, path)
+            for i in range(0, shape[0] or 1, rows):  # no rows: one empty block
+                yield whole[i:i + rows]
+            return
+        row_bytes = shape[1] * dtype.itemsize
+        with _MemberStream(raw, info, window=start + shape[0] * row_bytes + 1) as f:
+            _read_exactly(f, start, info.filename)
+            for i in range(0, shape[0] or 1, rows):  # no rows: one empty block
+                n = min(rows, shape[0] - i)
+                block = f.read(n * row_bytes) if row_bytes else b""
+                while len(block) < n * row_bytes:
+                    more = f.read(n * row_bytes - len(block))
+                    if not more:
+                        raise DataError(f"{path}: not a readable .npz archive ({info.filename} "
+                                        f"truncated: its header claims shape {shape} of "
+                                        f"{dtype}; it ends in row {i + len(block) // row_bytes})")
+                    block += more
+                yield np.frombuffer(block, dtype=dtype).reshape(n, shape[1])
+            if f.read(1):  # also checks the CRC once the member is read to its end
+                raise DataError(f"{path}: not a readable .npz archive ({info.filename} has "
+                                f"trailing bytes after its {shape} of {dtype})")
+
+
+def _member_header(raw, info: zipfile.ZipInfo, path):
+    """(shape, fortran_order, dtype, bytes up to the data) of an archive member, its
+    dtype and shape checked."""
     name = info.filename
     with _MemberStream(raw, info, window=NPY_PREFIX[2, 0] + MAX_NPY_HEADER) as f:
         shape, fortran_order, dtype, start = _read_npy_header(f, name, path)
@@ -97,6 +137,12 @@ def _read_member(raw, info: zipfile.ZipInfo, path) -> np.ndarray:
                         "not allowed; bool, integer, float or string arrays only, no pickles)")
     if any(d < 0 for d in shape):
         raise DataError(f"{path}: not a readable .npz archive ({name}: negative shape {shape})")
+    return shape, fortran_order, dtype, start
+
+
+def _read_member(raw, info: zipfile.ZipInfo, path) -> np.ndarray:
+    name = info.filename
+    shape, fortran_order, dtype, start = _member_header(raw, info, path)
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     # Read again from the start, now that the reach is known: an lzma decoder allocates
     # its whole dictionary at once, and needs none larger than what will be read.
