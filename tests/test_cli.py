@@ -1,8 +1,6 @@
 """The gpubp command line."""
 
-import contextlib
 import hashlib
-import io
 import json
 import signal
 import subprocess
@@ -161,11 +159,10 @@ def test_eval_of_a_file_scores_every_row(tmp_path):
 
 
 def stdout_of(argv) -> str:
-    """stdout of a successful in-process ``gpubp`` call."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        assert main(argv) == 0
-    return buffer.getvalue()
+    """stdout of a successful ``gpubp`` command, run in a subprocess as a user runs it."""
+    code, out, err = gpubp_cli(*argv)
+    assert code == 0, err
+    return out
 
 
 def test_unscaled_features_train_as_well_as_scaled_ones(tmp_path):
@@ -251,11 +248,10 @@ def test_early_stopping_reports_the_restored_weights(capsys):
 def test_save_is_recorded_and_honoured_on_resume(tmp_path, capsys):
     run_dir, model = tmp_path / "run", tmp_path / "m.safetensors"
     common = ["--layers", "8", "--batch-size", "256", "--quiet", "--json"]
-    assert main(["train", *common, "--epochs", "2", "--checkpoint-dir", str(run_dir),
-                 "--save", str(model)]) == 0
+    stdout_of(["train", *common, "--epochs", "2", "--checkpoint-dir", run_dir, "--save", model])
     model.unlink()
-    assert main(["train", "--resume", str(run_dir), "--epochs", "3", "--quiet", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["saved_to"] == str(model)
+    out = stdout_of(["train", "--resume", run_dir, "--epochs", "3", "--quiet", "--json"])
+    assert json.loads(out)["saved_to"] == str(model)
     assert gpubp.MLP.load(model).info.provenance["epochs"] == 3
 
 
