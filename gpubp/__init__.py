@@ -25,11 +25,14 @@ __all__ = [
     "Backend", "get_backend", "to_numpy",
     "GpubpError", "BackendError", "DataError", "ModelFileError", "DivergenceError",
     "CheckpointError", "CheckpointMismatchError", "TrainingInterrupted",
+    "MLPClassifier", "interop",  # loaded on first use, by __getattr__ below
 ]
+_LAZY = ("MLPClassifier", "interop")
 
 
 def __getattr__(name):
-    # Loaded on first use, so that `import gpubp` imports none of scikit-learn, torch, onnx.
+    # Loaded on first use: MLPClassifier imports scikit-learn, and `import gpubp` loads only
+    # what training needs (interop's own imports of torch, onnx, scikit-learn are lazy too).
     if name == "MLPClassifier":
         from gpubp.estimator import MLPClassifier
 
@@ -39,3 +42,7 @@ def __getattr__(name):
 
         return importlib.import_module("gpubp.interop")
     raise AttributeError(f"module 'gpubp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpubp import cpu_kernels, ops, serialization
-from gpubp.backend import Backend, get_backend, to_numpy
+from gpubp.backend import Backend, format_bytes, get_backend, to_numpy
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.model_info import ModelInfo
 from gpubp.validation import (
@@ -166,21 +166,31 @@ class MLP:
     def _parameter_bytes(self) -> int:
         return self._n_parameters() * self.dtype.itemsize
 
-    def check_training_memory(self, batch: int, optimizer=None) -> None:
+    def check_training_memory(self, batch: int, optimizer=None,
+                              eval_rows: int = EVAL_CHUNK) -> None:
         """Refuse, before the first step, training that cannot fit in free memory.
 
         Counted beyond the weights: their gradients, the optimizer's buffers and the
-        trainer's copies (epoch starts, best weights) at one weights' size each, and two
-        step workspaces of ``batch`` rows (activations, deltas, logits).
+        trainer's copies (epoch starts, best weights) at one weights' size each; two step
+        workspaces of ``batch`` rows (activations, deltas, logits); and the activations of
+        evaluating ``eval_rows`` rows (the validation data; 0 for none), at most EVAL_CHUNK
+        at a time. The error names ``batch_size`` when the step workspaces are the larger
+        part of the need, else ``layer_sizes``.
         """
+        chunk = min(EVAL_CHUNK, check_int(eval_rows, "eval_rows", minimum=0))
         copies = 4 + bool(getattr(optimizer, "momentum", 0)) \
             + bool(getattr(optimizer, "weight_decay", 0) or getattr(optimizer, "nesterov", 0))
+        itemsize = self.dtype.itemsize
         per_row = 2 * sum(self.layer_sizes[1:-1]) + self.layer_sizes[-1]
-        need = (copies * self._parameter_bytes()
-                + 2 * batch * per_row * self.dtype.itemsize
-                + EVAL_CHUNK * 2 * max(self.layer_sizes[1:]) * self.dtype.itemsize)
-        self.backend.check_memory(need, "batch_size",
-                                  f"training {self} at batch {batch}")
+        weights = copies * self._parameter_bytes()
+        workspaces = 2 * batch * per_row * itemsize
+        evaluation = chunk * 2 * max(self.layer_sizes[1:]) * itemsize
+        self.backend.check_memory(
+            weights + workspaces + evaluation,
+            "batch_size" if workspaces > weights + evaluation else "layer_sizes",
+            f"training {self} at batch {batch} ({format_bytes(weights)} of weights and "
+            f"copies, {format_bytes(workspaces)} of step workspaces, "
+            f"{format_bytes(evaluation)} to evaluate {chunk:,} rows at a time)")
 
     def save(self, path) -> None:
         """Write the weights and :attr:`info` to ``path`` (safetensors, atomically)."""

@@ -1,5 +1,10 @@
 """Checks on user input. Each raises ValueError/TypeError naming the argument, before any
-state changes, and returns the input converted for the backend."""
+state changes, and returns the input converted for the backend.
+
+Input arrays are read here too: NumPy and CuPy arrays as they are, DLPack producers
+(PyTorch, JAX...) as views of their memory (:func:`as_array`, public as
+:mod:`gpubp.interop.dlpack`), anything else through ``np.asarray``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import numbers
 
 import numpy as np
 
-from gpubp.backend import Backend, array_module, is_device_array
+from gpubp.backend import Backend, array_module, get_backend, is_device_array
+from gpubp.errors import BackendError
 
 DTYPES = ("float32", "float64")
 
@@ -71,12 +77,10 @@ def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     return tuple(check_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
 
 
-def _as_array(a, name: str, backend: Backend | None = None):
+def _read_array(a, name: str, backend: Backend | None = None):
     if is_device_array(a) or isinstance(a, np.ndarray):
         return a
     if hasattr(a, "__dlpack_device__"):  # PyTorch, JAX...: a view of its memory, no copy
-        from gpubp.interop.dlpack import as_array
-
         return as_array(a, name, backend)
     try:
         return np.asarray(a)
@@ -91,7 +95,7 @@ def _check_real_dtype(a, name: str) -> None:
 
 def check_features(X, n_features: int, backend: Backend, dtype, name: str = "X"):
     """``X`` as a finite (B, n_features) array of ``dtype`` on ``backend``, B ≥ 1."""
-    X = _as_array(X, name, backend)
+    X = _read_array(X, name, backend)
     _check_real_dtype(X, name)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (batch, features), got shape {X.shape}")
@@ -116,7 +120,7 @@ def check_targets(y, n_rows: int, n_classes: int, backend: Backend, dtype, name:
     Labels must be integers (an integer dtype, or floats with integral values) in
     [0, n_classes). Target rows must be finite, non-negative and each sum to 1.
     """
-    y = _as_array(y, name, backend)
+    y = _read_array(y, name, backend)
     _check_real_dtype(y, name)
     if y.ndim not in (1, 2):
         raise ValueError(
@@ -175,3 +179,66 @@ def _check_finite(a, name: str) -> None:
     finite = array_module(a).isfinite(a).reshape(-1)
     first = np.unravel_index(int(finite.astype(np.int8).argmin()), a.shape)
     raise ValueError(f"{name}: contains NaN or Inf (first at index {tuple(map(int, first))})")
+
+
+# ---- DLPack producers: read without a copy (public as gpubp.interop.dlpack) ---------------
+
+# DLDeviceType values (dlpack.h) that gpubp reads.
+CPU, CUDA, CUDA_HOST, CUDA_MANAGED = 1, 2, 3, 13
+DEVICE_NAMES = {1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal",
+                9: "vpi", 10: "rocm", 11: "rocm_host", 12: "ext_dev", 13: "cuda_managed",
+                14: "oneapi", 15: "webgpu", 16: "hexagon", 17: "maia"}
+
+
+def is_dlpack(a) -> bool:
+    """Whether ``a`` is a foreign DLPack producer: not a NumPy or CuPy array (those are
+    read directly), but something with ``__dlpack__`` and ``__dlpack_device__``."""
+    return (hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__")
+            and not isinstance(a, np.ndarray) and not is_device_array(a))
+
+
+def device_of(a) -> tuple[str, int]:
+    """(device name, index) of a DLPack producer, e.g. ("cpu", 0) or ("cuda", 1)."""
+    kind, index = a.__dlpack_device__()
+    kind = int(kind)
+    return DEVICE_NAMES.get(kind, f"device type {kind}"), int(index)
+
+
+def as_array(a, name: str = "X", backend: Backend | None = None):
+    """A NumPy (host) or CuPy (CUDA) view of the DLPack producer ``a``, without a copy.
+
+    ``backend``: the :class:`~gpubp.backend.Backend` that will take the array, or None.
+    Raises TypeError, starting with ``name``: CUDA data for a NumPy backend, a device
+    gpubp cannot read, a CUDA device other than CuPy's current one, a dtype NumPy or
+    CuPy cannot hold, or an export the producer refuses (a tensor that requires grad).
+    """
+    kind, index = (int(v) for v in a.__dlpack_device__())
+    device = DEVICE_NAMES.get(kind, f"device type {kind}")
+    if kind in (CPU, CUDA_HOST):  # pinned host memory reads as host memory
+        return _convert(np.from_dlpack, a, name)
+    if kind not in (CUDA, CUDA_MANAGED):
+        raise TypeError(f"{name}: is on {device}:{index}, which gpubp cannot read; copy it to "
+                        "the CPU (or a CUDA device) first, e.g. tensor.cpu()")
+    if backend is not None and not backend.is_gpu:
+        raise TypeError(f"{name}: is on cuda:{index} and the network on the NumPy backend "
+                        "(CPU); pass it on the CPU (tensor.cpu() in PyTorch, "
+                        "jax.device_get(x) in JAX), or use a network with backend='cupy'")
+    try:
+        cupy = get_backend("cupy").xp
+    except BackendError as e:
+        raise TypeError(f"{name}: is on cuda:{index}, and reading CUDA data needs CuPy: {e}") \
+            from e
+    current = cupy.cuda.Device().id
+    if index != current:
+        raise TypeError(f"{name}: is on cuda:{index} and the network on cuda:{current}; "
+                        f"move it there first (tensor.to('cuda:{current}'))")
+    return _convert(cupy.from_dlpack, a, name)
+
+
+def _convert(from_dlpack, a, name: str):
+    try:
+        return from_dlpack(a)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise TypeError(f"{name}: cannot be read through DLPack ({e}); pass a float32 or "
+                        "float64 tensor that needs no gradient (e.g. tensor.detach().float())"
+                        ) from e

@@ -2,13 +2,14 @@
 gpubp` without its optional dependencies."""
 
 import ast
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-PACKAGE = Path(__file__).resolve().parents[1] / "gpubp"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "gpubp"
 OPTIONAL = ("cupy", "sklearn", "onnx", "onnxruntime", "torch", "mpi4py", "matplotlib",
             "pandas", "scipy")
 
@@ -67,23 +68,44 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_no_function_level_imports_of_gpubp_modules():
-    """Imports inside functions are for optional dependencies only, not to dodge cycles."""
-    offenders = []
+# Function-level imports still to be removed, as "module.function: from target import ...".
+# The MLP's conversion methods reach up into interop/, whose package imports the network
+# (from_torch and mlp_from_sklearn build MLPs), so they cannot import it at the top; the
+# fix moves the format code below the network. Do not add to this list.
+PENDING = {
+    "gpubp.network.to_onnx: from gpubp.interop.onnx import ...",
+    "gpubp.network.from_sklearn: from gpubp.interop.sklearn import ...",
+    "gpubp.network.to_sklearn: from gpubp.interop.sklearn import ...",
+    "gpubp.estimator.to_onnx: from gpubp.interop.onnx import ...",  # no cycle: can move up
+}
+
+
+def function_level_imports() -> set[str]:
+    """Imports of gpubp modules inside functions, but for those wrapping an optional
+    dependency (imported on first use so that `import gpubp` does not need it)."""
+    found = set()
     for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for inner in ast.walk(node):
                     if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith(
                             "gpubp") and not _imports_optional(inner.module):
-                        offenders.append(f"{name}.{node.name}: from {inner.module} import ...")
-    assert not offenders, offenders
+                        found.add(f"{name}.{node.name}: from {inner.module} import ...")
+    return found
+
+
+def test_no_function_level_imports_of_gpubp_modules():
+    """Imports inside functions are for optional dependencies only, not to dodge cycles."""
+    found = function_level_imports()
+    assert not found - PENDING, sorted(found - PENDING)
+    assert not PENDING - found, f"fixed, remove from PENDING: {sorted(PENDING - found)}"
 
 
 def _imports_optional(module: str) -> bool:
-    """gpubp modules that exist to wrap an optional dependency may be imported lazily."""
-    lazy = ("gpubp.cuda", "gpubp.step.cuda_step", "gpubp.estimator", "gpubp.interop",
-            "gpubp.distributed", "gpubp.onednn")
+    """gpubp modules that exist to wrap an optional dependency may be imported lazily:
+    CuPy (cuda, cuda_step), scikit-learn (estimator), MPI (distributed), oneDNN."""
+    lazy = ("gpubp.cuda", "gpubp.step.cuda_step", "gpubp.estimator", "gpubp.distributed",
+            "gpubp.onednn")
     return module.startswith(lazy)
 
 
@@ -109,8 +131,39 @@ def test_import_gpubp_needs_no_optional_dependency():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("name", ["gpubp"])
-def test_public_api_is_all(name):
+def documented_public_names() -> set[str]:
+    """The names docs/design.md's "Public surface" lists as ``gpubp.__all__``."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text.split("\n## Public surface\n", 1)[1]
+    bullet = re.match(r"- `gpubp.__all__`(.*?)(?=^- |^#|\Z)", section.lstrip(),
+                      re.DOTALL | re.MULTILINE)
+    assert bullet, "docs/design.md: no '- `gpubp.__all__`' bullet under Public surface"
+    return set(re.findall(r"`([A-Za-z_]\w*)`", bullet.group(1)))
+
+
+def test_public_api_is_all_and_documented():
+    """`gpubp.__all__` is the public API: every name docs/design.md documents, and only
+    those, each in dir(gpubp), the lazy ones too, with `import gpubp` not importing
+    scikit-learn."""
+    documented = documented_public_names()
+    assert len(documented) > 10  # the parse found the list
+    code = ("import sys, gpubp\n"
+            "assert 'sklearn' not in sys.modules\n"
+            "names = set(gpubp.__all__)\n"
+            "assert len(names) == len(gpubp.__all__), 'a name twice'\n"
+            "assert names <= set(dir(gpubp)), names - set(dir(gpubp))\n"
+            "print(' '.join(sorted(names)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    in_all = set(done.stdout.split())
+    assert documented - in_all == set(), "documented, missing from gpubp.__all__"
+    assert in_all - documented == set(), "in gpubp.__all__, missing from docs/design.md"
+
+
+def test_every_public_name_resolves():
     import gpubp
 
-    assert set(gpubp.__all__) <= set(dir(gpubp))
+    needs_sklearn = {"MLPClassifier"} if importlib.util.find_spec("sklearn") is None else set()
+    for name in set(gpubp.__all__) - needs_sklearn:
+        getattr(gpubp, name)  # AttributeError if it does not

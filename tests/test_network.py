@@ -127,3 +127,24 @@ def test_the_step_fuses_plain_sgd_only(monkeypatch):
     assert not fused(gpubp.SGD(0.1, weight_decay=1e-4))
     monkeypatch.setattr(blas, "fuses_update", lambda: False)  # numpy.matmul: no beta
     assert not fused(gpubp.SGD(0.1))
+
+
+def test_the_memory_check_counts_only_the_rows_evaluated(monkeypatch):
+    """A wide layer's evaluation chunk is counted for the rows actually evaluated, not
+    8,192 always; and the error names what drives the size (gpubp train --layers 700000
+    on the digits was refused as needing 44 GiB, blaming batch_size)."""
+    from gpubp.network import EVAL_CHUNK
+
+    net = gpubp.MLP((4, 20_000, 3), backend="numpy", seed=0)
+    full_chunk = EVAL_CHUNK * 2 * 20_000 * 4  # 1.2 GiB
+    monkeypatch.setattr("gpubp.backend.available_memory", lambda: full_chunk // 4)
+    with pytest.raises(ValueError, match=r"^layer_sizes: .* 8,192 rows at a time"):
+        net.check_training_memory(16)  # a caller that does not say: a full chunk, as before
+    net.check_training_memory(16, eval_rows=0)  # no validation data
+    net.check_training_memory(16, eval_rows=359)  # the digits' test part: 57 MiB
+    with pytest.raises(ValueError, match=r"^layer_sizes: training .* needs about"):
+        net.check_training_memory(16, eval_rows=EVAL_CHUNK + 1)
+    with pytest.raises(ValueError, match=r"^batch_size: training .* needs about"):
+        net.check_training_memory(10_000, eval_rows=0)
+    with pytest.raises(ValueError, match="eval_rows"):
+        net.check_training_memory(16, eval_rows=-1)
