@@ -61,6 +61,7 @@ from gpubp import blas
 from gpubp.backend import Backend, get_backend, is_device_array, to_numpy
 from gpubp.errors import BackendError
 from gpubp.interop import dlpack
+from gpubp.interop.onnx import to_onnx
 from gpubp.interop.sklearn import mlp_from_sklearn, mlp_to_sklearn
 from gpubp.network import EVAL_CHUNK, MLP
 from gpubp.optim import SGD
@@ -249,7 +250,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped")
             batch = int(np.clip(self.batch_size, 1, n))
-        net.check_training_memory(batch, self._optimizer)
+        net.check_training_memory(batch, self._optimizer,
+                                  eval_rows=0 if X_val is None else X_val.shape[0])
         order = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -471,8 +473,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """The fitted network as ONNX (see :func:`gpubp.interop.onnx.to_onnx`), with labels
         from ``classes_``."""
         check_is_fitted(self)
-        from gpubp.interop.onnx import to_onnx
-
         return to_onnx(self.net_, path, classes=self.classes_, **kwargs)
 
     # ---- scikit-learn's attributes and protocol --------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpubp import cpu_kernels, ops, serialization
+from gpubp import cpu_kernels, onnx_graph, ops, serialization, sklearn_layout
 from gpubp.backend import Backend, format_bytes, get_backend, to_numpy
 from gpubp.cuda import kernels as cuda_kernels
 from gpubp.model_info import ModelInfo
@@ -212,25 +212,19 @@ class MLP:
     def to_onnx(self, path=None, **kwargs):
         """This network (with :attr:`info`'s scaler and classes) as an ``onnx.ModelProto``,
         written to ``path`` when given; see :func:`gpubp.interop.onnx.to_onnx`."""
-        from gpubp.interop.onnx import to_onnx
-
-        return to_onnx(self, path, **kwargs)
+        return onnx_graph.network_to_onnx(self, path, **kwargs)
 
     @classmethod
     def from_sklearn(cls, fitted, *, backend="auto", dtype=None) -> "MLP":
         """The network of a fitted ``sklearn.neural_network.MLPClassifier(activation=
         "logistic")``, same predict_proba; see :func:`gpubp.interop.sklearn.mlp_from_sklearn`."""
-        from gpubp.interop.sklearn import mlp_from_sklearn
-
-        return mlp_from_sklearn(fitted, backend=backend, dtype=dtype)
+        return sklearn_layout.network_from_sklearn(cls, fitted, backend=backend, dtype=dtype)
 
     def to_sklearn(self, **params):
         """A fitted ``sklearn.neural_network.MLPClassifier`` computing this network's
         predict_proba (``params``: its other constructor arguments); see
         :func:`gpubp.interop.sklearn.mlp_to_sklearn`."""
-        from gpubp.interop.sklearn import mlp_to_sklearn
-
-        return mlp_to_sklearn(self, params=params)
+        return sklearn_layout.network_to_sklearn(self, params=params)
 
     def __repr__(self) -> str:
         return (f"MLP(layer_sizes={self.layer_sizes}, backend={self.backend.name!r}, "

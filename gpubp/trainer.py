@@ -173,7 +173,8 @@ class Trainer:
         X, targets, X_val, t_val = self._validation_data(X, targets, validation, split_seed)
         if self.patience is not None and X_val is None:
             raise ValueError("patience: early stopping needs validation data")
-        net.check_training_memory(min(self.batch_size, X.shape[0]), self.optimizer)
+        net.check_training_memory(min(self.batch_size, X.shape[0]), self.optimizer,
+                                  eval_rows=0 if X_val is None else X_val.shape[0])
 
         rng = np.random.default_rng(shuffle_seed)
         run = TrainingState(history=History(), rng_state=rng.bit_generator.state)

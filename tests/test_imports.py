@@ -68,18 +68,6 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-# Function-level imports still to be removed, as "module.function: from target import ...".
-# The MLP's conversion methods reach up into interop/, whose package imports the network
-# (from_torch and mlp_from_sklearn build MLPs), so they cannot import it at the top; the
-# fix moves the format code below the network. Do not add to this list.
-PENDING = {
-    "gpubp.network.to_onnx: from gpubp.interop.onnx import ...",
-    "gpubp.network.from_sklearn: from gpubp.interop.sklearn import ...",
-    "gpubp.network.to_sklearn: from gpubp.interop.sklearn import ...",
-    "gpubp.estimator.to_onnx: from gpubp.interop.onnx import ...",  # no cycle: can move up
-}
-
-
 def function_level_imports() -> set[str]:
     """Imports of gpubp modules inside functions, but for those wrapping an optional
     dependency (imported on first use so that `import gpubp` does not need it)."""
@@ -97,8 +85,7 @@ def function_level_imports() -> set[str]:
 def test_no_function_level_imports_of_gpubp_modules():
     """Imports inside functions are for optional dependencies only, not to dodge cycles."""
     found = function_level_imports()
-    assert not found - PENDING, sorted(found - PENDING)
-    assert not PENDING - found, f"fixed, remove from PENDING: {sorted(PENDING - found)}"
+    assert not found, sorted(found)
 
 
 def _imports_optional(module: str) -> bool:

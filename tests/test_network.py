@@ -148,3 +148,19 @@ def test_the_memory_check_counts_only_the_rows_evaluated(monkeypatch):
         net.check_training_memory(10_000, eval_rows=0)
     with pytest.raises(ValueError, match="eval_rows"):
         net.check_training_memory(16, eval_rows=-1)
+
+
+def test_trainer_fit_counts_its_own_validation_rows_for_memory(monkeypatch):
+    """Trainer.fit passes the validation rows it evaluates (none here), so a wide layer
+    that fits trains instead of being refused for an 8,192-row evaluation chunk."""
+    from gpubp.network import EVAL_CHUNK
+
+    net = gpubp.MLP((4, 20_000, 3), backend="numpy", seed=0)
+    monkeypatch.setattr("gpubp.backend.available_memory",
+                        lambda: EVAL_CHUNK * 2 * 20_000 * 4 // 4)  # a quarter of a full chunk
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(32, 4)), rng.integers(0, 3, 32)
+    gpubp.Trainer(net, gpubp.SGD(0.1), batch_size=16, epochs=1, progress=False).fit(X, y)
+    with pytest.raises(ValueError, match=r"^layer_sizes: .* to evaluate 8,192 rows"):
+        gpubp.Trainer(net, gpubp.SGD(0.1), batch_size=16, epochs=1, progress=False).fit(
+            np.tile(X, (300, 1)), np.tile(y, 300), validation=0.9)
