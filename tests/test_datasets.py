@@ -298,6 +298,23 @@ def test_npz_rows_stream_in_bounded_memory_and_find_a_cut_member(tmp_path):
         next(iter_npz_rows(tmp_path / "v.npz", "X", 10))
 
 
+def test_an_npz_header_whose_keys_mix_bytes_and_str_is_a_data_error(tmp_path):
+    """Found by bench.fuzz_loaders (2026-11-29-amd-fuzz-loaders-r2.json): a y.npy header
+    {'descr': '<U3', b'fortran_order': False, ...} made NumPy's parser raise TypeError."""
+    import io
+    import zipfile
+
+    body = (b"{'descr': '<U3', b'fortran_order': False, 'shape': (2,), }").ljust(117) + b"\n"
+    member = b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + bytes(24)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 3)))
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("X.npy", buffer.getvalue())
+        archive.writestr("y.npy", member)
+    with pytest.raises(DataError, match="not a readable .npz archive .*malformed .npy header"):
+        load_file(tmp_path / "d.npz")
+
+
 def test_scalers(rng):
     X = rng.normal(loc=5, scale=3, size=(100, 4))
     X[:, 2] = 7.0  # a constant feature

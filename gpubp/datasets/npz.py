@@ -175,7 +175,11 @@ def _read_npy_header(f, name: str, path):
     header = io.BytesIO(prefix[8:] + _read_exactly(f, length, name))
     read = (npy_format.read_array_header_1_0 if version == (1, 0)
             else npy_format.read_array_header_2_0)
-    shape, fortran_order, dtype = read(header)
+    try:
+        shape, fortran_order, dtype = read(header)
+    except TypeError as e:  # NumPy's parser on a header dict whose keys mix bytes and str
+        raise DataError(f"{path}: not a readable .npz archive ({name}: a malformed .npy "
+                        f"header: {e})") from None
     return shape, fortran_order, dtype, len(prefix) + length
 
 
