@@ -401,6 +401,13 @@ def test_separate_test_file_and_csv_dialects(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "train.csv"), "--no-header",
                  "--label-column", "label", "--quiet"]) == 1
     assert "needs the label column's index" in capsys.readouterr().err
+    # --delimiter tab, named, with quoted numbers and a quoted label
+    (tmp_path / "tab.tsv.csv").write_text("\n".join(
+        ["a\tb\tlabel"] + [f'"{a}"\t{b}\t"{c}"' for (a, b), c in zip(X, y)]))
+    assert main(["train", "--dataset", str(tmp_path / "tab.tsv.csv"), "--delimiter", "tab",
+                 "--epochs", "10", "--quiet", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["layer_sizes"][0] == 2 and result["test_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("content,message", [
