@@ -616,3 +616,23 @@ def test_json_errors_for_bad_flags_and_internal_errors(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"]["type"] == "KeyError"
     assert "internal error (KeyError)" in captured.err and "Traceback" not in captured.err
+
+
+def test_gpu_flags_reach_the_trainer(monkeypatch, capsys):
+    """--no-cuda-graphs and --precision reach Trainer; tf32 on NumPy is refused by name."""
+    seen = {}
+    real = gpubp.Trainer
+
+    def trainer(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpubp, "Trainer", trainer)
+    assert main(["train", "--epochs", "1", "--quiet", "--no-cuda-graphs"]) == 0
+    assert seen["cuda_graphs"] is False and seen["precision"] == "fp32"
+    assert main(["train", "--epochs", "1", "--quiet"]) == 0
+    assert seen["cuda_graphs"] is None  # the default: graphs where the backend has them
+    capsys.readouterr()
+    assert main(["train", "--epochs", "1", "--quiet", "--backend", "numpy",
+                 "--precision", "tf32"]) == 1
+    assert "precision: 'tf32' trains float32 networks on the CuPy" in capsys.readouterr().err

@@ -86,9 +86,11 @@ class FakeCublas:
     """gpubp.cuda.cublas.Cublas on host arrays (NumPy GEMMs), captured like the kernels."""
 
     calls = []
+    tf32 = None  # what the last stepper asked for
 
     def __init__(self, stream, tf32=False):
         self.capture = FakeCublas.capture
+        FakeCublas.tf32 = tf32
 
     def close(self):
         pass
@@ -171,6 +173,14 @@ def test_the_cuda_step_equals_the_numpy_step(cuda, rng, graphs, opt):
     if graphs:  # 19 rows by 8: 2 full batches replayed a step, the last one (3 rows) eager
         graph = stepper._graphs[8]
         assert graph is not False and graph.launches == 2 * 2
+
+
+def test_precision_tf32_reaches_cublas(cuda, rng):
+    X, y, net = problem(rng, np.float32)
+    for precision, want in (("fp32", False), ("tf32", True)):
+        cuda.step.CudaStepper(DeviceNet(net, cuda.cupy), gpubp.SGD(0.1), device(X),
+                              device(y.astype(np.int64)), 8, precision=precision)
+        assert FakeCublas.tf32 is want
 
 
 def test_a_label_outside_the_classes_is_a_data_error_naming_the_epoch(cuda, rng):
