@@ -237,12 +237,23 @@ def test_json_output_pipes_into_a_json_parser(tmp_path):
     assert "batch_size: must be >= 1" in err
 
 
-def test_early_stopping_reports_the_restored_weights(capsys):
+def test_early_stopping_reports_the_restored_weights(tmp_path, capsys):
+    """The JSON's validation figures are the best epoch's, its test figures and the saved
+    model those of the restored weights, not of the last epoch."""
+    log, model = tmp_path / "run.jsonl", tmp_path / "m.safetensors"
     assert main(["train", "--epochs", "40", "--patience", "2", "--lr", "2", "--quiet",
-                 "--json"]) == 0
+                 "--json", "--log", str(log), "--save", str(model)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["stopped_early"] and result["best_epoch"] < result["epochs"]
-    # the reported validation metrics are those of the best (restored) epoch
+    epochs = read_log(log)
+    best = epochs[result["best_epoch"] - 1]
+    assert result["val_loss"] == best["val_loss"] == min(r["val_loss"] for r in epochs)
+    assert result["val_accuracy"] == best["val_accuracy"]
+    assert epochs[-1]["val_loss"] > best["val_loss"]  # the last epoch was worse
+    evaluated = json.loads(stdout_of(["eval", model, "--dataset", "digits", "--split", "test",
+                                      "--json"]))
+    assert evaluated["accuracy"] == result["test_accuracy"]
+    assert gpubp.MLP.load(model).info.scaler is None  # digits: --scale none by default
 
 
 def test_save_is_recorded_and_honoured_on_resume(tmp_path, capsys):
