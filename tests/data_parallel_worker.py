@@ -22,7 +22,8 @@ def main(spec):
                             schedule=gpubp.CosineLR(), distributed=True)
     comm = trainer.comm
     stop_at = spec.get("stop_at")
-    if stop_at is not None and comm.is_root:  # SIGTERM on rank 0 alone, after a step
+    if stop_at is not None and comm.rank == spec.get("stop_rank", 0) % comm.size:
+        # SIGTERM on one rank alone (rank 0 by default), after a step
         after_step(optimizer, stop_at, lambda: os.kill(os.getpid(), signal.SIGTERM))
     kill_at = spec.get("kill_at")
     if kill_at is not None and comm.rank == comm.size - 1:  # the last rank dies, no cleanup

@@ -55,15 +55,19 @@ def test_n_ranks_train_the_same_network_as_one_process(tmp_path, n):
     assert_same_training(one, many)
 
 
-@pytest.mark.parametrize("first,second", [(2, 1), (1, 3)])
-def test_a_checkpoint_resumes_with_another_rank_count(tmp_path, first, second):
-    """Stopped mid-epoch by SIGTERM on one rank (every rank stops, rank 0 checkpoints),
-    then resumed with a different number of ranks: the uninterrupted run's result."""
+@pytest.mark.parametrize("first,second,stop_rank", [(2, 1, 0), (2, 3, 1), (1, 3, 0)])
+def test_a_checkpoint_resumes_with_another_rank_count(tmp_path, first, second, stop_rank):
+    """Stopped mid-epoch by SIGTERM on one rank, the root or another (every rank stops at
+    the same step, rank 0 checkpoints), then resumed with a different number of ranks:
+    the uninterrupted run's result."""
     pytest.importorskip("mpi4py")
     run(1, {"epochs": 4, "out": str(tmp_path / "whole.npz")})
     directory = str(tmp_path / "run")
-    stopped = run(first, {"epochs": 4, "dir": directory, "stop_at": 13})
-    assert "interrupted" in stopped.stdout
+    stopped = run(first, {"epochs": 4, "dir": directory, "stop_at": 13,
+                          "stop_rank": stop_rank})
+    lines = [line for line in stopped.stdout.splitlines() if "interrupted" in line]
+    assert len(lines) == first and len({line.split(": ", 1)[1] for line in lines}) == 1, \
+        stopped.stdout  # every rank stopped, at the one checkpoint
     run(second, {"epochs": 4, "dir": directory, "resume": True,
                  "out": str(tmp_path / "resumed.npz")})
     assert_same_training(result(tmp_path / "whole.npz"), result(tmp_path / "resumed.npz"))
