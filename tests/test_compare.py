@@ -98,6 +98,44 @@ def test_gemm_only_peer_runs_exactly_the_gemms_of_gpubps_step(monkeypatch):
     assert calls == gpubp_calls and result["library"] == "numpy"
 
 
+def test_the_bf16_gemm_only_peer_runs_the_products_of_gpubps_bf16_step(monkeypatch):
+    """Each product of the bf16 step (a fused hidden layer counted as its product) with
+    the same shapes, layouts and accumulation, in the same order, on oneDNN's bf16 matmul."""
+    from gpubp import onednn
+
+    if onednn.bf16_unavailable() is not None:
+        pytest.skip(f"no bf16 here: {onednn.bf16_unavailable()}")
+    calls = []
+
+    def layout(x):
+        return x.shape, x.flags.c_contiguous, x.flags.f_contiguous
+
+    call, fused = onednn.Bf16Matmul.__call__, onednn.Bf16Matmul.linear_sigmoid
+
+    def recording_call(self, a, b, out, alpha=1.0, beta=0.0):
+        calls.append((layout(a), layout(b), layout(out), alpha != 1.0, beta))
+        return call(self, a, b, out, alpha, beta)
+
+    def recording_fused(self, a, W, bias, out):
+        calls.append((layout(a), layout(W.T), layout(out), False, 0.0))
+        return fused(self, a, W, bias, out)
+
+    monkeypatch.setattr(onednn.Bf16Matmul, "__call__", recording_call)
+    monkeypatch.setattr(onednn.Bf16Matmul, "linear_sigmoid", recording_fused)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 3, 16)
+    net = gpubp.MLP(TINY["sizes"], backend="numpy", seed=0)
+    stepper = make_stepper(net, gpubp.SGD(0.1), net.prepare_features(X),
+                           net.prepare_targets(y, 16), batch_size=16, precision="bf16")
+    stepper.begin_epoch(np.arange(16), 0.1)
+    with blas.gemm_precision("bf16"):
+        stepper.step(0)
+    gpubp_calls, calls[:] = list(calls), []
+    result = gemm_only_peer.run(X, y, {**TINY, "warmup": 0, "repeats": 1}, precision="bf16")
+    assert len(gpubp_calls) == 3 + 3 + 2
+    assert calls == gpubp_calls and result["library"] == "bf16"
+
+
 def test_gemm_only_peer_reports_the_fastest_library(tiny_data):
     result = run_job({"peer": "gemm-only", "point": TINY, "data": tiny_data})
     assert result["status"] == "measured"

@@ -59,6 +59,8 @@ PEERS = {p.name: p for p in (
     Peer("naive-numpy", "bench.peers.naive_peer", "cpu", "gpubp-numpy"),
     # Only the step's GEMMs, on the library fastest for each point: the ceiling.
     Peer("gemm-only", "bench.peers.gemm_only_peer", "cpu", "gpubp-numpy", default=False),
+    Peer("gemm-only-bf16", "bench.peers.gemm_only_peer", "cpu", "gpubp-numpy-bf16",
+         {"precision": "bf16"}, default=False),
     # bf16 GEMMs (fp32 accumulation), only when asked for: gpubp's opt-in mode, and
     # PyTorch's bf16 autocast, its ratio against gpubp's bf16 row.
     Peer("gpubp-numpy-bf16", "bench.peers.gpubp_peer", "cpu", "gpubp-numpy-bf16",

@@ -12,6 +12,10 @@ it), epochs of the libraries interleaved, and the peer reports the epochs of the
 one (by median) at this point. So no implementation of the dense network on any of these
 libraries beats this peer's samples/s, on any machine; ``gpubp÷peer`` for it is the share
 of that ceiling gpubp reaches. ``library`` and ``per_library_epoch_s`` say which it was.
+
+``precision="bf16"`` (peer ``gemm-only-bf16``): the same products inside
+``gpubp.blas.gemm_precision("bf16")``, on oneDNN with bf16 inputs (their conversions
+included), in the bf16 step's row-major layout: the ceiling of gpubp's bf16 mode.
 """
 
 from __future__ import annotations
@@ -19,16 +23,23 @@ from __future__ import annotations
 from bench.peers import PeerUnavailable, time_epochs
 
 
-def check() -> dict:
+def check(precision: str = "fp32") -> dict:
     import numpy as np
 
     from gpubp import blas
+    from gpubp.errors import BackendError
 
+    if precision != "fp32":
+        try:
+            blas.check_precision(precision)
+        except BackendError as e:
+            raise PeerUnavailable(str(e)) from None
     return {"numpy": np.__version__, "blas_installed": blas.installed()}
 
 
-def run(X, y, point, libraries=None) -> dict:
-    """``libraries``: names to try (every installed float32 library by default)."""
+def run(X, y, point, libraries=None, precision: str = "fp32") -> dict:
+    """``libraries``: names to try (every installed float32 library by default; for bf16,
+    oneDNN's bf16 matmul alone)."""
     import numpy as np
 
     from bench.naive_numpy import init_params
@@ -38,7 +49,12 @@ def run(X, y, point, libraries=None) -> dict:
     weights, _ = init_params(sizes, seed=point["seed"])
     rng = np.random.default_rng(point["seed"])
     names = []
+    if precision == "bf16":
+        libraries = ["bf16"]
     for name in libraries or [n for n in blas.LIBRARIES if n in blas.installed()]:
+        if name == "bf16":
+            names.append(name)
+            continue
         try:
             blas.library(name)
             names.append(name)
@@ -50,9 +66,11 @@ def run(X, y, point, libraries=None) -> dict:
     def workspace(rows):
         # Transposed, in gpubp's memory order: its NumPy workspace holds the hidden a^l
         # and δ^l as (B, n_l) column-major, i.e. these row-major (n_l, B); its logits
-        # and δ^L are row-major (B, C).
-        activations = [np.empty((n, rows), np.float32) for n in sizes[1:-1]]
-        deltas = [np.empty((n, rows), np.float32) for n in sizes[1:-1]]
+        # and δ^L are row-major (B, C). bf16: gpubp's are row-major (B, n_l) there, i.e.
+        # these column-major (n_l, B).
+        order = "F" if precision == "bf16" else "C"
+        activations = [np.empty((n, rows), np.float32, order=order) for n in sizes[1:-1]]
+        deltas = [np.empty((n, rows), np.float32, order=order) for n in sizes[1:-1]]
         logits = np.empty((sizes[-1], rows), np.float32, order="F")
         last = np.full((sizes[-1], rows), 1e-3, np.float32, order="F")
         return activations, deltas, logits, (last, -last)
@@ -83,7 +101,7 @@ def run(X, y, point, libraries=None) -> dict:
 
     def on(name):
         def run_epoch():
-            with blas.forced(name):
+            with (blas.gemm_precision("bf16") if name == "bf16" else blas.forced(name)):
                 epoch()
         return run_epoch
 
