@@ -29,7 +29,7 @@ from gpubp import blas, checkpoint
 from gpubp.backend import BACKEND_NAMES, cuda_versions, get_backend
 from gpubp.datasets import load_dataset
 from gpubp.datasets.files import CsvFormat, check_pair, csv_header, iter_csv, load_file, read_table
-from gpubp.datasets.npz import iter_npz_rows, npz_names, read_npz
+from gpubp.datasets.npz import SpooledNpz, iter_npz_rows, npz_names, read_npz
 from gpubp.datasets.preprocessing import make_scaler, stratified_split_rows
 from gpubp.distributed import get_communicator, under_mpi_launcher
 from gpubp.errors import (
@@ -718,18 +718,17 @@ def _predict(args) -> int:
                                                if args.proba else []))
             text.flush()
             text.detach()
-    else:
-        labels, probas = [], []
-        for X in chunks:
-            chunk_labels, proba = _predict_chunk(net, info, X, args.proba)
-            labels.append(chunk_labels)
-            probas.append(proba)
-        arrays = {"labels": _npz_labels(np.concatenate(labels)), "classes": _npz_labels(class_labels)}
-        if args.proba:
-            arrays["proba"] = np.concatenate(probas)
-        rows = len(arrays["labels"])
-        with atomic_writer(args.out) as f:
-            np.savez(f, **arrays)
+    else:  # chunk by chunk into temporary files, then the archive
+        classes = _npz_labels(class_labels)
+        with SpooledNpz() as spool:
+            for X in chunks:
+                labels, proba = _predict_chunk(net, info, X, args.proba)
+                spool.add("labels", _npz_labels(labels).astype(classes.dtype))
+                if args.proba:
+                    spool.add("proba", proba)
+                rows += len(labels)
+            with atomic_writer(args.out) as f:
+                spool.write(f, classes=classes)
     print(f"gpubp predict: {rows} rows predicted" + (f", written to {args.out}" if args.out
                                                       else ""), file=sys.stderr)
     return 0

@@ -375,6 +375,16 @@ def test_predict_works_in_chunks(tmp_path, monkeypatch, capsys):
     np.savez_compressed(tmp_path / "X.npz", X=X)  # .npz input: read 7 rows at a time too
     assert main(["predict", str(model), str(tmp_path / "X.npz")]) == 0
     assert capsys.readouterr().out == whole
+    for chunk, name in ((7, "small.npz"), (65536, "whole.npz")):  # .npz output, spooled
+        monkeypatch.setattr(cli, "PREDICT_CHUNK", chunk)
+        assert main(["predict", str(model), str(tmp_path / "X.npz"), "--proba",
+                     "--out", str(tmp_path / name)]) == 0
+    with np.load(tmp_path / "small.npz") as small, np.load(tmp_path / "whole.npz") as one:
+        assert small.files == one.files and len(small["labels"]) == 300
+        assert small["labels"].tolist() == one["labels"].tolist()
+        assert small["classes"].tolist() == one["classes"].tolist()
+        # other row counts, other GEMM blockings: float32 rounding apart
+        np.testing.assert_allclose(small["proba"], one["proba"], rtol=1e-5, atol=1e-7)
 
 
 def test_a_label_the_model_does_not_know_is_named_with_its_rows(tmp_path, capsys):

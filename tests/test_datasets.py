@@ -298,6 +298,33 @@ def test_npz_rows_stream_in_bounded_memory_and_find_a_cut_member(tmp_path):
         next(iter_npz_rows(tmp_path / "v.npz", "X", 10))
 
 
+def test_a_spooled_npz_is_the_concatenation_written_without_holding_it(tmp_path, rng):
+    import tracemalloc
+
+    from gpubp.datasets.npz import SpooledNpz
+
+    blocks = [rng.normal(size=(n, 10)) for n in (1000,) * 20 + (0, 7)]
+    labels = [np.array(["cat", "bird", "dog"] * 4)[:n].astype("<U4") for n in (12, 0, 5)]
+    with SpooledNpz() as spool:
+        tracemalloc.start()
+        for block in blocks:
+            spool.add("proba", block)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        for block in labels:
+            spool.add("labels", block)
+        with pytest.raises(ValueError, match="a block of float32"):
+            spool.add("proba", np.zeros((2, 10), np.float32))
+        with open(tmp_path / "out.npz", "wb") as f:
+            spool.write(f, classes=np.array(["bird", "cat", "dog"]))
+    assert peak < 1 << 20, peak  # the 1.6 MB written went to disk
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as saved:
+        assert sorted(saved.files) == ["classes", "labels", "proba"]
+        np.testing.assert_array_equal(saved["proba"], np.concatenate(blocks))
+        np.testing.assert_array_equal(saved["labels"], np.concatenate(labels))
+        assert saved["classes"].tolist() == ["bird", "cat", "dog"]
+
+
 def test_an_npz_header_whose_keys_mix_bytes_and_str_is_a_data_error(tmp_path):
     """Found by bench.fuzz_loaders (2026-11-29-amd-fuzz-loaders-r2.json): a y.npy header
     {'descr': '<U3', b'fortran_order': False, ...} made NumPy's parser raise TypeError."""

@@ -1,4 +1,5 @@
-"""Reading arrays from a user's ``.npz`` archive without trusting it.
+"""Reading arrays from a user's ``.npz`` archive without trusting it, and writing one
+block of rows at a time (:class:`SpooledNpz`).
 
 ``numpy.load`` allocates the array a member's header claims before reading its bytes,
 so a 200-byte file claiming 10^12 elements asks for terabytes. Here each ``.npy``
@@ -20,7 +21,9 @@ import contextlib
 import io
 import lzma
 import math
+import shutil
 import struct
+import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -376,3 +379,53 @@ class _ZipLzma:
                 "dict_size": dictionary}])
             self.asked, self.dictionary = asked, dictionary
         return self._lzma.decompress(data, max_length)
+
+
+class SpooledNpz:
+    """An ``.npz`` whose arrays are built block by block (rows appended) and written at the
+    end, the blocks held in temporary files meanwhile, not in memory.
+
+        with SpooledNpz() as spool:
+            for block in ...: spool.add("labels", block)
+            spool.write(f, classes=small_array)
+
+    Each array keeps the dtype and row shape of its first block. The archive is what
+    ``np.savez`` writes (stored members, no pickles), read back by ``np.load``.
+    """
+
+    def __init__(self):
+        self._spools: dict[str, list] = {}  # name -> [temporary file, dtype, row shape, rows]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for spool in self._spools.values():
+            spool[0].close()
+
+    def add(self, name: str, block) -> None:
+        block = np.ascontiguousarray(block)
+        spool = self._spools.get(name)
+        if spool is None:
+            spool = self._spools[name] = [tempfile.TemporaryFile(), block.dtype,
+                                          block.shape[1:], 0]
+        if block.dtype != spool[1] or block.shape[1:] != spool[2]:
+            raise ValueError(f"{name}: a block of {block.dtype}{block.shape[1:]} after blocks "
+                             f"of {spool[1]}{spool[2]}")
+        spool[0].write(block.tobytes())
+        spool[3] += block.shape[0]
+
+    def write(self, f, **whole) -> None:
+        """Write the archive to the binary file ``f``: the spooled arrays, then the arrays
+        in ``whole`` as they are."""
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, (spool, dtype, row_shape, rows) in self._spools.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    npy_format.write_array_header_1_0(member, {
+                        "descr": npy_format.dtype_to_descr(dtype), "fortran_order": False,
+                        "shape": (rows, *row_shape)})
+                    spool.seek(0)
+                    shutil.copyfileobj(spool, member, 1 << 20)
+            for name, array in whole.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    npy_format.write_array(member, np.asarray(array), allow_pickle=False)
