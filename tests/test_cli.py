@@ -94,6 +94,16 @@ def gpubp_cli(*args, cwd=None, timeout=120, **kwargs):
     return done.returncode, done.stdout, done.stderr
 
 
+def trained_model(tmp_path, X, y, epochs, **csv):
+    """Write (X, y) to tmp_path/d.csv (``csv``: write_csv's options), train on it for
+    ``epochs`` epochs and save the model: its path."""
+    write_csv(tmp_path / "d.csv", X, y, **csv)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", str(epochs),
+                 "--quiet", "--save", str(model)]) == 0
+    return model
+
+
 def write_csv(path, X, y, header=("a", "b"), label="label", sep=","):
     lines = [sep.join([*header, label])] + [
         sep.join([*(repr(float(v)) for v in row), str(lab)]) for row, lab in zip(X, y)]
@@ -142,10 +152,7 @@ def test_eval_maps_labels_through_the_models_classes(tmp_path, labels, missing):
 def test_eval_of_a_file_scores_every_row(tmp_path):
     """`eval PATH` scored the 20% test part of a user's file: 59 of 300 rows."""
     X, y = three_blobs()
-    write_csv(tmp_path / "d.csv", X, y)
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "3", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 3)
     text = stdout_of(["eval", str(model), "--dataset", str(tmp_path / "d.csv")])
     assert text.startswith(f"{model} on {tmp_path / 'd.csv'}: 300 rows, accuracy ")
     assert "precision" in text and "confusion matrix" in text
@@ -334,10 +341,7 @@ def test_a_resumed_run_rewrites_the_epochs_it_repeats_in_its_log(tmp_path):
 
 def test_predict_outputs(tmp_path):
     X, y = three_blobs(labels=("bird", "cat", "dog"))
-    write_csv(tmp_path / "d.csv", X, y, sep=";")
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "10", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 10, sep=";")
     # features only (no label column), CSV out with probabilities
     (tmp_path / "features.csv").write_text("\n".join(
         ["a,b"] + [f"{a},{b}" for a, b in X]))
@@ -362,10 +366,7 @@ def test_predict_works_in_chunks(tmp_path, monkeypatch, capsys):
     from gpubp import cli
 
     X, y = three_blobs()
-    write_csv(tmp_path / "d.csv", X, y)
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "5", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 5)
     capsys.readouterr()
     assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
     whole = capsys.readouterr().out
@@ -389,10 +390,7 @@ def test_predict_works_in_chunks(tmp_path, monkeypatch, capsys):
 
 def test_a_label_the_model_does_not_know_is_named_with_its_rows(tmp_path, capsys):
     X, y = three_blobs()
-    write_csv(tmp_path / "d.csv", X, y)
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "2", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 2)
     y_new = y.copy()
     y_new[[4, 9]] = 7
     write_csv(tmp_path / "new.csv", X, y_new)
@@ -587,10 +585,7 @@ def test_a_missing_label_is_an_error_naming_its_line(tmp_path, capsys):
 
 def test_predict_a_header_less_file_of_features(tmp_path, capsys):
     X, y = three_blobs()
-    write_csv(tmp_path / "d.csv", X, y)
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "3", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 3)
     (tmp_path / "rows.csv").write_text("\n".join(f"{a},{b}" for a, b in X[:5]))
     capsys.readouterr()
     assert main(["predict", str(model), str(tmp_path / "rows.csv")]) == 1  # row 1 is data
@@ -602,10 +597,7 @@ def test_predict_a_header_less_file_of_features(tmp_path, capsys):
 
 def test_feature_columns_are_matched_by_name(tmp_path, capsys):
     X, y = three_blobs()
-    write_csv(tmp_path / "d.csv", X, y, header=("width", "height"))
-    model = tmp_path / "m.safetensors"
-    assert main(["train", "--dataset", str(tmp_path / "d.csv"), "--epochs", "5", "--quiet",
-                 "--save", str(model)]) == 0
+    model = trained_model(tmp_path, X, y, 5, header=("width", "height"))
     capsys.readouterr()
     assert main(["predict", str(model), str(tmp_path / "d.csv")]) == 0
     in_order = capsys.readouterr().out
