@@ -136,12 +136,11 @@ def _head(body) -> bytes:
     return MAGIC + hashlib.sha256(body).digest()
 
 
-def latest_metadata(directory, check=None) -> dict | None:
+def latest_metadata(directory) -> dict | None:
     """The ``metadata`` that :meth:`gpubp.Trainer.fit` stored in the newest checkpoint of
-    ``directory`` that reads and passes ``check`` (the command line keeps its options
-    there); None when no checkpoint does or the newest that does holds none. See
-    :func:`newest_metadata`."""
-    found = newest_metadata(directory, check)
+    ``directory`` that reads (the command line keeps its options there); None when no
+    checkpoint reads or the newest that does holds none. See :func:`newest_metadata`."""
+    found = newest_metadata(directory)
     return None if found is None else found[1]
 
 

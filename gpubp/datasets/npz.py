@@ -115,14 +115,8 @@ def iter_npz_rows(path, key: str, rows: int):
             _read_exactly(f, start, info.filename)
             for i in range(0, shape[0] or 1, rows):  # no rows: one empty block
                 n = min(rows, shape[0] - i)
-                block = f.read(n * row_bytes) if row_bytes else b""
-                while len(block) < n * row_bytes:
-                    more = f.read(n * row_bytes - len(block))
-                    if not more:
-                        raise DataError(f"{path}: not a readable .npz archive ({info.filename} "
-                                        f"truncated: its header claims shape {shape} of "
-                                        f"{dtype}; it ends in row {i + len(block) // row_bytes})")
-                    block += more
+                block = _read_exactly(f, n * row_bytes, info.filename,
+                                      f"rows {i}..{i + n - 1} of the {shape} its header claims")
                 yield np.frombuffer(block, dtype=dtype).reshape(n, shape[1])
             if f.read(1):  # also checks the CRC once the member is read to its end
                 raise DataError(f"{path}: not a readable .npz archive ({info.filename} has "
@@ -186,12 +180,12 @@ def _read_npy_header(f, name: str, path):
     return shape, fortran_order, dtype, len(prefix) + length
 
 
-def _read_exactly(f, n: int, name: str) -> bytes:
+def _read_exactly(f, n: int, name: str, what: str = "its .npy header") -> bytes:
     data = bytearray()
     while len(data) < n:
         part = f.read(n - len(data))
         if not part:
-            raise EOFError(f"{name}: ends within its .npy header")
+            raise EOFError(f"{name}: ends within {what}")
         data += part
     return bytes(data)
 
