@@ -39,6 +39,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
+def fit_params(epochs: int, hidden: int = 800, batch_size: int = 200, lr: float = 0.1) -> dict:
+    """The estimators' parameters, the same for both: every epoch runs (tol=0, no
+    early stop), the same random_state."""
+    return dict(hidden_layer_sizes=(hidden,), activation="logistic", solver="sgd",
+                batch_size=batch_size, learning_rate_init=lr, max_iter=epochs, tol=0.0,
+                n_iter_no_change=np.inf, random_state=0)
+
+
 def fit_once(peer: str, X, y, X_test, y_test, params: dict, backend: str) -> dict:
     """Fit one estimator; returns its time, accuracy and loss curve."""
     from sklearn.exceptions import ConvergenceWarning
@@ -78,9 +86,7 @@ def main(argv=None) -> int:
     data = load_mnist(args.data_dir, download=False)
     X = data.X_train[:args.rows].astype(args.dtype)
     y, X_test = data.y_train[:args.rows], data.X_test.astype(args.dtype)
-    params = dict(hidden_layer_sizes=(args.hidden,), activation="logistic", solver="sgd",
-                  batch_size=args.batch_size, learning_rate_init=args.lr,
-                  max_iter=args.epochs, tol=0.0, n_iter_no_change=np.inf, random_state=0)
+    params = fit_params(args.epochs, args.hidden, args.batch_size, args.lr)
     peers = args.peers.split(",")
     runs = []
     for repeat in range(args.repeats):

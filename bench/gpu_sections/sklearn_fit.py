@@ -34,7 +34,7 @@ def run(ctx) -> None:
     require_cupy()
     import numpy as np
 
-    from bench.sklearn_fit import fit_once
+    from bench.sklearn_fit import fit_once, fit_params
     from gpubp.datasets import load_mnist
     from gpubp.errors import DataError
 
@@ -48,20 +48,15 @@ def run(ctx) -> None:
     result = ctx.result
     result.update(cpu_reference=cpu_reference(), runs=[])
 
-    def params(epochs):
-        return dict(hidden_layer_sizes=(800,), activation="logistic", solver="sgd",
-                    batch_size=200, learning_rate_init=0.1, max_iter=epochs, tol=0.0,
-                    n_iter_no_change=np.inf, random_state=0)
-
     # One epoch first (CUDA context, kernel compilation), then the full fit if it fits.
-    warm = fit_once("gpubp", X, data.y_train, X_test, data.y_test, params(1), "cupy")
+    warm = fit_once("gpubp", X, data.y_train, X_test, data.y_test, fit_params(1), "cupy")
     result["warm_up"] = warm
     ctx.save()
     epochs = EPOCHS if warm["fit_s"] * EPOCHS * 1.5 < ctx.left() else max(
         1, int(ctx.left() / (3 * warm["fit_s"])))
     result["epochs"] = epochs
     result["runs"].append(fit_once("gpubp", X, data.y_train, X_test, data.y_test,
-                                   params(epochs), "cupy"))
+                                   fit_params(epochs), "cupy"))
     ctx.save()
     try:
         import sklearn  # noqa: F401
@@ -70,7 +65,7 @@ def run(ctx) -> None:
         ctx.save()
         return
     started = time.monotonic()
-    one = fit_once("sklearn", X[:6000], data.y_train[:6000], X_test, data.y_test, params(1),
+    one = fit_once("sklearn", X[:6000], data.y_train[:6000], X_test, data.y_test, fit_params(1),
                    "numpy")
     projected = (time.monotonic() - started) * 10 * epochs * 1.2
     if projected > ctx.left():
@@ -79,7 +74,7 @@ def run(ctx) -> None:
         ctx.save()
         return
     result["runs"].append(fit_once("sklearn", X, data.y_train, X_test, data.y_test,
-                                   params(epochs), "numpy"))
+                                   fit_params(epochs), "numpy"))
     times = {r["peer"]: r["fit_s"] for r in result["runs"]}
     result["sklearn_over_gpubp"] = times["sklearn"] / times["gpubp"]
     ctx.save()
